@@ -1,0 +1,60 @@
+"""threadstore: local memory for DashScope's Assistant API.
+
+DashScope keeps threads forever and cannot list them. threadstore mirrors every
+thread you create through it into a local database (SQLite or PostgreSQL), deletes
+idle ones on a TTL — remote first, local only once the remote delete is confirmed —
+and streams the mirror out for analytics::
+
+    from datetime import timedelta
+    from threadstore import ThreadStore
+
+    with ThreadStore("sqlite:///threadstore.db") as store:
+        thread = store.create_thread(user_id="u1", metadata={"topic": "billing"})
+        store.add_message(thread.thread_id, "hello")
+        store.sweep(older_than=timedelta(days=7))
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import (
+    ConfigError,
+    RemoteAuthError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteRateLimited,
+    RemoteUnavailable,
+    StoreError,
+    ThreadExpired,
+    ThreadNotFound,
+    ThreadStoreError,
+)
+from .models import MessageRecord, RunRecord, ThreadRecord
+from .remote import DashScopeRemote, Remote
+from .store import ThreadStore
+
+try:
+    __version__ = version("threadstore")
+except PackageNotFoundError:  # running from a checkout without installing
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ConfigError",
+    "DashScopeRemote",
+    "MessageRecord",
+    "Remote",
+    "RemoteAuthError",
+    "RemoteError",
+    "RemoteNotFound",
+    "RemoteRateLimited",
+    "RemoteUnavailable",
+    "RunRecord",
+    "StoreError",
+    "ThreadExpired",
+    "ThreadNotFound",
+    "ThreadRecord",
+    "ThreadStore",
+    "ThreadStoreError",
+    "__version__",
+]

@@ -1,0 +1,234 @@
+"""Engines, transactions and migrations.
+
+* :func:`open_engine` turns a URL into an engine with the right settings per
+  backend and refuses bad URLs with :class:`~threadstore.errors.ConfigError`.
+  SQLite files get WAL, ``synchronous=NORMAL``, a 30 s busy timeout, foreign
+  keys, mode 0600 when threadstore creates them, and write transactions that
+  begin ``IMMEDIATE`` (so two writers queue on the busy timeout instead of one of
+  them failing with "database is locked" when it upgrades a read lock).
+* :func:`write` opens the one transaction of a write operation; :func:`read` a
+  read-only one (``DEFERRED`` on SQLite, so exports never block writers).
+* :func:`upgrade` migrates to head under a cross-process lock; it is what
+  ``ThreadStore(url)`` calls on open. The Alembic scripts ship inside the wheel
+  (``threadstore/_migrations``) and live in ``migrations/`` in a checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_URL",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "open_engine",
+    "read",
+    "safe_url",
+    "upgrade",
+    "write",
+]
+
+DEFAULT_URL = "sqlite:///threadstore.db"
+_BEGIN_OPTION = "threadstore_sqlite_begin"
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<malformed database URL>"
+
+
+def _parse(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"malformed database URL {str(url)!r}: expected e.g. sqlite:///threadstore.db "
+            "or postgresql://user@host/dbname"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if backend in ("mysql", "mariadb") and "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+pymysql")
+    return parsed
+
+
+def _prepare_sqlite_file(database: str) -> None:
+    path = Path(database).expanduser()
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot create SQLite database {database!r}: no directory {path.parent}")
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"SQLite database path {database!r} is a directory")
+        return
+    # Created 0600 up front: conversations are private, and SQLite gives its
+    # -wal/-shm files the database file's permissions.
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot create SQLite database {database!r}: {exc.strerror}") from exc
+    os.close(fd)
+
+
+def _sqlite_events(engine: Engine, *, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, decide how to BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def open_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """Create an engine for ``url``; ConfigError for anything wrong with it."""
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    memory = False
+    if backend == "sqlite":
+        database = parsed.database or ""
+        memory = database in ("", ":memory:") or database.startswith("file::memory:")
+        if memory:
+            # One shared connection, or every new connection would see an empty db.
+            kwargs["poolclass"] = StaticPool
+        else:
+            _prepare_sqlite_file(database)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        extra = {"postgresql": "postgres"}.get(backend)
+        hint = f" (pip install 'threadstore[{extra}]')" if extra else ""
+        raise ConfigError(
+            f"no driver for {parsed.drivername!r}{hint}: {exc}"
+        ) from exc
+    except ArgumentError as exc:
+        raise ConfigError(f"bad database URL {safe_url(parsed)}: {exc}") from exc
+    if backend == "sqlite":
+        _sqlite_events(engine, memory=memory)
+    return engine
+
+
+@contextlib.contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """One read transaction that never takes SQLite's write lock."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+        with conn.begin():
+            yield conn
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: inside the wheel, else the checkout's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise ConfigError("threadstore's migration scripts are missing from this installation")
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """An Alembic ``Config`` pointing at our scripts, bound to ``connection``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    head: str | None = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    rev: str | None = MigrationContext.configure(conn).get_current_revision()
+    return rev
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    backend = conn.dialect.name
+    if backend == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(7462711)"))
+    elif backend in ("mysql", "mariadb"):
+        conn.execute(text("SELECT GET_LOCK('threadstore_migrate', 60)"))
+    # SQLite: the write transaction's BEGIN IMMEDIATE is the lock.
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to ``revision``; safe when several processes open a store at once."""
+    from alembic import command
+
+    try:
+        if revision == "head":
+            with read(engine) as conn:
+                if current_revision(conn) == head_revision():
+                    return
+        with write(engine) as conn:
+            _lock_for_migration(conn)
+            command.upgrade(alembic_config(conn), revision)
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"cannot open database {safe_url(engine.url)}: {_short(exc)}"
+        ) from exc
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with write(engine) as conn:
+        _lock_for_migration(conn)
+        command.downgrade(alembic_config(conn), revision)
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    line = str(orig if orig is not None else exc).strip().splitlines()
+    return line[0] if line else type(exc).__name__

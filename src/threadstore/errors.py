@@ -1,0 +1,145 @@
+"""The threadstore exception tree.
+
+Every error threadstore raises on purpose derives from :class:`ThreadStoreError`::
+
+    ThreadStoreError
+    ├── ThreadNotFound        the thread is not in the local mirror
+    ├── ThreadExpired         the thread is being swept (claimed for deletion)
+    ├── ConfigError           bad configuration or input: URL, key, option value
+    ├── StoreError            the local database failed (wraps SQLAlchemy errors)
+    └── RemoteError           DashScope answered with an error or could not be reached
+        ├── RemoteNotFound        404: the remote object does not exist (any more)
+        ├── RemoteAuthError       401/403, or no API key at all
+        ├── RemoteRateLimited     429 (``retry_after`` in seconds when the server said)
+        └── RemoteUnavailable     5xx, 408, timeouts and connection errors: transient
+
+This module imports nothing from the rest of the package, so any module may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "RemoteAuthError",
+    "RemoteError",
+    "RemoteNotFound",
+    "RemoteRateLimited",
+    "RemoteUnavailable",
+    "StoreError",
+    "ThreadExpired",
+    "ThreadNotFound",
+    "ThreadStoreError",
+]
+
+
+class ThreadStoreError(Exception):
+    """Root of every error threadstore raises deliberately."""
+
+
+class ThreadNotFound(ThreadStoreError, LookupError):
+    """Raised when a thread id is not in the local mirror.
+
+    ``thread_id`` names the id that was asked for.
+    """
+
+    def __init__(self, thread_id: str, message: str | None = None) -> None:
+        self.thread_id = thread_id
+        super().__init__(message or f"thread {thread_id!r} is not in the store")
+
+
+class ThreadExpired(ThreadStoreError):
+    """Raised when an operation targets a thread that a sweep has claimed for deletion.
+
+    The sweep owns the thread until its lease ends; writing to it now would race
+    the remote delete. ``thread_id`` names the thread.
+    """
+
+    def __init__(self, thread_id: str, message: str | None = None) -> None:
+        self.thread_id = thread_id
+        super().__init__(message or f"thread {thread_id!r} has expired and is being deleted")
+
+
+class ConfigError(ThreadStoreError, ValueError):
+    """Raised for bad configuration or bad input before anything is changed.
+
+    Examples: a malformed or unreachable database URL, a missing directory, a
+    wrong encryption key, metadata that is not JSON, a negative TTL.
+    """
+
+
+class StoreError(ThreadStoreError):
+    """Raised when the local database fails during an operation.
+
+    The operation's transaction was rolled back; the original SQLAlchemy error is
+    chained as ``__cause__``.
+    """
+
+
+class RemoteError(ThreadStoreError):
+    """DashScope answered with an error, or could not be reached.
+
+    Attributes carry the context of the failed call: ``status_code`` (``None``
+    when no HTTP answer arrived), ``code`` and ``request_id`` from the error body,
+    ``operation`` (e.g. ``"threads.delete"``) and ``thread_id`` when known.
+    ``response`` is the SDK's own result object, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        operation: str | None = None,
+        thread_id: str | None = None,
+        response: Any = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.operation = operation
+        self.thread_id = thread_id
+        self.response = response
+        super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        """True when retrying the same call later may succeed."""
+        return False
+
+
+class RemoteNotFound(RemoteError):
+    """DashScope answered 404: the thread (or message, run) does not exist there."""
+
+
+class RemoteAuthError(RemoteError):
+    """DashScope refused the API key (401/403), or no key was configured.
+
+    A sweep stops at once on this error: every further call would fail the same way.
+    """
+
+
+class RemoteRateLimited(RemoteError):
+    """DashScope answered 429 (throttling). Transient.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, or ``None``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+
+class RemoteUnavailable(RemoteError):
+    """DashScope failed transiently: 5xx, 408, a timeout or a connection error."""
+
+    @property
+    def transient(self) -> bool:
+        return True

@@ -1,0 +1,608 @@
+"""The remote side: a small ``Remote`` protocol and its DashScope implementation.
+
+This is the only module that imports ``dashscope``. It exists so that the rest of
+threadstore never has to remember the SDK's traps:
+
+* the SDK does **not** raise on HTTP errors; it returns its ordinary result object
+  with ``status_code`` 404/429/500… and the success fields missing. Every result
+  is checked here and turned into the :mod:`threadstore.errors` tree;
+* network failures arrive as ``requests`` exceptions, a missing key as the SDK's
+  ``AuthenticationError``: both are translated here too;
+* the SDK's default timeout is 300 s; ours is 30 s;
+* the SDK opens a new HTTP session per call (about 6.5 ms of CPU each). Deletes,
+  which the sweep issues by the thousand, go through one pooled
+  ``requests.Session`` instead, with the SDK's own URL, key and workspace
+  conventions, which also lets us read ``Retry-After`` on a 429.
+
+``FakeRemote`` in :mod:`threadstore.testing` implements the same protocol in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+import dashscope
+import requests
+from dashscope.common.env import resolve_base_url
+from dashscope.common.error import AuthenticationError, InputRequired
+from dashscope.common.utils import default_headers
+from requests.adapters import HTTPAdapter
+
+from .errors import (
+    ConfigError,
+    RemoteAuthError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteRateLimited,
+    RemoteUnavailable,
+)
+
+__all__ = [
+    "DashScopeRemote",
+    "Remote",
+    "RemoteMessage",
+    "RemoteRun",
+    "RemoteThread",
+    "TERMINAL_RUN_STATUSES",
+    "error_from_status",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 30.0
+TERMINAL_RUN_STATUSES = frozenset(
+    {"completed", "failed", "cancelled", "expired", "requires_action"}
+)
+
+
+@dataclass(frozen=True)
+class RemoteThread:
+    """A thread as DashScope returned it."""
+
+    id: str
+    created_at: datetime | None
+    metadata: dict[str, Any]
+    raw: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RemoteMessage:
+    """A message as DashScope returned it; ``content`` is the joined text parts."""
+
+    id: str
+    thread_id: str
+    role: str
+    content: str
+    created_at: datetime | None
+    run_id: str | None = None
+    assistant_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    raw: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A run as DashScope returned it, with its token usage flattened."""
+
+    id: str
+    thread_id: str
+    status: str
+    assistant_id: str | None = None
+    model: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    last_error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    raw: Any = field(default=None, compare=False, repr=False)
+
+
+@runtime_checkable
+class Remote(Protocol):
+    """What threadstore needs from the Assistant API.
+
+    Every method raises a :class:`~threadstore.errors.RemoteError` subclass on
+    failure and never returns an error object. ``workspace`` scopes ids.
+    """
+
+    def create_thread(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteThread: ...
+
+    def retrieve_thread(self, thread_id: str, *, workspace: str | None = None) -> RemoteThread: ...
+
+    def update_thread(
+        self, thread_id: str, *, metadata: Mapping[str, Any], workspace: str | None = None
+    ) -> RemoteThread: ...
+
+    def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
+        """Delete; raises :class:`RemoteNotFound` when the thread is already gone."""
+        ...
+
+    def create_message(
+        self,
+        thread_id: str,
+        content: str,
+        *,
+        role: str = "user",
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteMessage: ...
+
+    def list_messages(
+        self,
+        thread_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        workspace: str | None = None,
+    ) -> tuple[list[RemoteMessage], bool]:
+        """One page, oldest first, starting after message id ``after``; and has_more."""
+        ...
+
+    def create_run(
+        self,
+        thread_id: str,
+        *,
+        assistant_id: str,
+        model: str | None = None,
+        instructions: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteRun: ...
+
+    def retrieve_run(
+        self, run_id: str, *, thread_id: str, workspace: str | None = None
+    ) -> RemoteRun: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_from_status(
+    status_code: int | None,
+    *,
+    code: str | None = None,
+    message: str | None = None,
+    request_id: str | None = None,
+    operation: str | None = None,
+    thread_id: str | None = None,
+    retry_after: float | None = None,
+    response: Any = None,
+) -> RemoteError:
+    """Build the typed error for an HTTP status (the one mapping threadstore uses)."""
+    what = operation or "DashScope call"
+    about = f" for {thread_id}" if thread_id else ""
+    detail = f": {code or ''}{' ' if code and message else ''}{message or ''}".rstrip(": ")
+    text = f"{what}{about} failed with HTTP {status_code}{detail}"
+    if request_id:
+        text += f" (request_id {request_id})"
+    kw: dict[str, Any] = {
+        "status_code": status_code,
+        "code": code,
+        "request_id": request_id,
+        "operation": operation,
+        "thread_id": thread_id,
+        "response": response,
+    }
+    if status_code == 404:
+        return RemoteNotFound(text, **kw)
+    if status_code in (401, 403):
+        return RemoteAuthError(text, **kw)
+    if status_code == 429:
+        return RemoteRateLimited(text, retry_after=retry_after, **kw)
+    if status_code is not None and (status_code >= 500 or status_code == 408):
+        return RemoteUnavailable(text, **kw)
+    return RemoteError(text, **kw)
+
+
+def _translate_exception(
+    exc: BaseException, operation: str, thread_id: str | None
+) -> ThreadStoreErrorLike:
+    about = f" for {thread_id}" if thread_id else ""
+    if isinstance(exc, AuthenticationError):
+        return RemoteAuthError(
+            f"{operation}{about}: no DashScope API key (set DASHSCOPE_API_KEY)",
+            operation=operation,
+            thread_id=thread_id,
+        )
+    if isinstance(exc, InputRequired):
+        return ConfigError(f"{operation}{about}: {exc}")
+    if isinstance(exc, requests.Timeout):
+        return RemoteUnavailable(
+            f"{operation}{about} timed out", operation=operation, thread_id=thread_id
+        )
+    if isinstance(exc, requests.ConnectionError):
+        return RemoteUnavailable(
+            f"{operation}{about}: cannot reach DashScope ({type(exc).__name__})",
+            operation=operation,
+            thread_id=thread_id,
+        )
+    # A 200 whose body is not JSON: a proxy or a broken gateway; worth retrying.
+    return RemoteUnavailable(
+        f"{operation}{about}: unreadable answer ({type(exc).__name__})",
+        operation=operation,
+        thread_id=thread_id,
+    )
+
+
+ThreadStoreErrorLike = RemoteError | ConfigError
+
+_SDK_ERRORS: tuple[type[BaseException], ...] = (
+    AuthenticationError,
+    InputRequired,
+    requests.RequestException,
+    ValueError,  # requests' JSONDecodeError and json's are ValueErrors
+)
+
+
+def _check(result: Any, operation: str, thread_id: str | None = None) -> Any:
+    """Return ``result`` if the SDK call succeeded, else raise the typed error."""
+    status = getattr(result, "status_code", None)
+    if status in (200, 201):
+        return result
+    raise error_from_status(
+        status,
+        code=getattr(result, "code", None) or None,
+        message=getattr(result, "message", None) or None,
+        request_id=getattr(result, "request_id", None) or None,
+        operation=operation,
+        thread_id=thread_id,
+        response=result,
+    )
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _ts(value: Any) -> datetime | None:
+    """DashScope timestamps are epoch milliseconds (some fields seconds)."""
+    if value in (None, "", 0):
+        return None
+    number = float(value)
+    if number > 1e11:
+        number /= 1000.0
+    return datetime.fromtimestamp(number, tz=timezone.utc)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _text_of(content: Any) -> str:
+    """Join the text parts of a message's ``content`` (a list of typed parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for part in content:
+        text = _get(part, "text")
+        value = _get(text, "value") if text is not None else None
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {}
+
+
+def _error_text(value: Any) -> str | None:
+    if not value:
+        return None
+    if isinstance(value, str):
+        return value
+    code, message = _get(value, "code"), _get(value, "message")
+    return ": ".join(str(p) for p in (code, message) if p) or str(value)
+
+
+def parse_thread(obj: Any) -> RemoteThread:
+    return RemoteThread(
+        id=str(_get(obj, "id")),
+        created_at=_ts(_get(obj, "created_at")),
+        metadata=_metadata(_get(obj, "metadata")),
+        raw=obj,
+    )
+
+
+def parse_message(obj: Any, thread_id: str | None = None) -> RemoteMessage:
+    return RemoteMessage(
+        id=str(_get(obj, "id")),
+        thread_id=str(_get(obj, "thread_id") or thread_id),
+        role=str(_get(obj, "role") or "user"),
+        content=_text_of(_get(obj, "content")),
+        created_at=_ts(_get(obj, "created_at")),
+        run_id=_get(obj, "run_id") or None,
+        assistant_id=_get(obj, "assistant_id") or None,
+        metadata=_metadata(_get(obj, "metadata")),
+        raw=obj,
+    )
+
+
+def parse_run(obj: Any, thread_id: str | None = None) -> RemoteRun:
+    usage = _get(obj, "usage")
+
+    def tokens(name: str) -> int | None:
+        value = _get(usage, name) if usage is not None else None
+        return int(value) if value is not None else None
+
+    return RemoteRun(
+        id=str(_get(obj, "id")),
+        thread_id=str(_get(obj, "thread_id") or thread_id),
+        status=str(_get(obj, "status") or "queued"),
+        assistant_id=_get(obj, "assistant_id") or None,
+        model=_get(obj, "model") or None,
+        created_at=_ts(_get(obj, "created_at")),
+        started_at=_ts(_get(obj, "started_at")),
+        completed_at=_ts(_get(obj, "completed_at")),
+        failed_at=_ts(_get(obj, "failed_at")),
+        last_error=_error_text(_get(obj, "last_error")),
+        prompt_tokens=tokens("prompt_tokens") if usage is not None else None,
+        completion_tokens=tokens("completion_tokens") if usage is not None else None,
+        total_tokens=tokens("total_tokens") if usage is not None else None,
+        raw=obj,
+    )
+
+
+# --------------------------------------------------------------------------- DashScope
+
+
+class DashScopeRemote:
+    """:class:`Remote` over the real ``dashscope`` SDK.
+
+    ``api_key`` defaults to the SDK's own rules (``DASHSCOPE_API_KEY``, then
+    ``DASHSCOPE_API_KEY_FILE_PATH``); ``base_url`` to ``DASHSCOPE_HTTP_BASE_URL``
+    (read by the SDK at import, which is how the emulator is reached).
+    ``timeout`` bounds every request, in seconds. ``pool_size`` is the number of
+    kept-alive connections of the pooled delete transport.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        pool_size: int = 32,
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigError("timeout must be a positive number of seconds")
+        self._api_key = api_key
+        self._base_url = base_url
+        self.timeout = timeout
+        self._pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"DashScopeRemote(base_url={self.base_url!r}, timeout={self.timeout})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url or str(dashscope.base_http_api_url)
+
+    def _kw(self, workspace: str | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"workspace": workspace, "request_timeout": self.timeout}
+        if self._api_key is not None:
+            kw["api_key"] = self._api_key
+        if self._base_url is not None:
+            kw["base_address"] = self._base_url
+        return kw
+
+    def _call(self, operation: str, thread_id: str | None, fn: Any, *a: Any, **kw: Any) -> Any:
+        try:
+            result = fn(*a, **kw)
+        except _SDK_ERRORS as exc:
+            raise _translate_exception(exc, operation, thread_id) from exc
+        return _check(result, operation, thread_id)
+
+    # -- threads
+
+    def create_thread(
+        self,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteThread:
+        result = self._call(
+            "threads.create",
+            None,
+            dashscope.Threads.create,
+            messages=[dict(m) for m in messages] if messages else None,
+            metadata=dict(metadata) if metadata else None,
+            **self._kw(workspace),
+        )
+        return parse_thread(result)
+
+    def retrieve_thread(self, thread_id: str, *, workspace: str | None = None) -> RemoteThread:
+        result = self._call(
+            "threads.retrieve",
+            thread_id,
+            dashscope.Threads.retrieve,
+            thread_id,
+            **self._kw(workspace),
+        )
+        return parse_thread(result)
+
+    def update_thread(
+        self, thread_id: str, *, metadata: Mapping[str, Any], workspace: str | None = None
+    ) -> RemoteThread:
+        result = self._call(
+            "threads.update",
+            thread_id,
+            dashscope.Threads.update,
+            thread_id,
+            metadata=dict(metadata),
+            **self._kw(workspace),
+        )
+        return parse_thread(result)
+
+    def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
+        """``DELETE threads/{id}`` over the pooled session; 404 raises RemoteNotFound."""
+        operation = "threads.delete"
+        try:
+            headers = default_headers(self._api_key)
+            if workspace is not None:
+                headers["X-DashScope-WorkSpace"] = workspace
+            base = resolve_base_url(self.base_url, workspace).rstrip("/")
+            response = self._pooled().delete(
+                f"{base}/threads/{thread_id}", headers=headers, timeout=self.timeout
+            )
+        except _SDK_ERRORS as exc:
+            raise _translate_exception(exc, operation, thread_id) from exc
+        body = _json_or_none(response)
+        if response.status_code == 200 and body is not None and body.get("deleted") is not False:
+            log.debug("deleted remote thread %s", thread_id)
+            return
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        status = response.status_code
+        if status == 200:  # a 200 that did not confirm the delete is not a success
+            status = 502
+        raise error_from_status(
+            status,
+            code=(body or {}).get("code"),
+            message=(body or {}).get("message") or (None if body else response.reason),
+            request_id=(body or {}).get("request_id") or response.headers.get("X-Request-Id"),
+            operation=operation,
+            thread_id=thread_id,
+            retry_after=retry_after,
+        )
+
+    def _pooled(self) -> requests.Session:
+        with self._session_lock:
+            if self._session is None:
+                session = requests.Session()
+                adapter = HTTPAdapter(
+                    pool_connections=4, pool_maxsize=self._pool_size, max_retries=0
+                )
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._session = session
+            return self._session
+
+    # -- messages
+
+    def create_message(
+        self,
+        thread_id: str,
+        content: str,
+        *,
+        role: str = "user",
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteMessage:
+        result = self._call(
+            "messages.create",
+            thread_id,
+            dashscope.Messages.create,
+            thread_id,
+            content=content,
+            role=role,
+            metadata=dict(metadata) if metadata else None,
+            **self._kw(workspace),
+        )
+        return parse_message(result, thread_id)
+
+    def list_messages(
+        self,
+        thread_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        workspace: str | None = None,
+    ) -> tuple[list[RemoteMessage], bool]:
+        result = self._call(
+            "messages.list",
+            thread_id,
+            dashscope.Messages.list,
+            thread_id,
+            limit=limit,
+            order="asc",
+            after=after,
+            **self._kw(workspace),
+        )
+        data = _get(result, "data") or []
+        return [parse_message(m, thread_id) for m in data], bool(_get(result, "has_more"))
+
+    # -- runs
+
+    def create_run(
+        self,
+        thread_id: str,
+        *,
+        assistant_id: str,
+        model: str | None = None,
+        instructions: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+    ) -> RemoteRun:
+        result = self._call(
+            "runs.create",
+            thread_id,
+            dashscope.Runs.create,
+            thread_id,
+            assistant_id=assistant_id,
+            model=model,
+            instructions=instructions,
+            metadata=dict(metadata) if metadata else None,
+            **self._kw(workspace),
+        )
+        return parse_run(result, thread_id)
+
+    def retrieve_run(
+        self, run_id: str, *, thread_id: str, workspace: str | None = None
+    ) -> RemoteRun:
+        result = self._call(
+            "runs.retrieve",
+            thread_id,
+            dashscope.Runs.retrieve,
+            run_id,
+            thread_id=thread_id,
+            **self._kw(workspace),
+        )
+        return parse_run(result, thread_id)
+
+    def close(self) -> None:
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+
+def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date; rare enough to fall back to our own backoff

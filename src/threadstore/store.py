@@ -1,0 +1,787 @@
+"""``ThreadStore``: DashScope threads with a local mirror, kept in the right order.
+
+Order of operations (the promises in README.md depend on it):
+
+* **create** writes a ``creating`` intent row, then creates the remote thread,
+  then turns the row ``active`` under the remote id. A dead database means nothing
+  is created remotely; if the last write fails, the remote thread is deleted again
+  (compensation) so no thread exists that the mirror does not know.
+* **update / message / run** call DashScope first, then mirror the result and move
+  ``last_active`` in one local transaction. A remote failure changes nothing.
+* **delete** claims the row, deletes remotely, and removes the local row only once
+  DashScope confirmed the delete (or said 404: already gone).
+
+Each public method is one unit of work: one transaction, committed or rolled
+back as a whole. Database errors surface as :class:`~threadstore.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import db
+from .codec import Codec
+from .errors import (
+    ConfigError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteUnavailable,
+    StoreError,
+    ThreadExpired,
+    ThreadNotFound,
+)
+from .models import (
+    MessageRecord,
+    RunRecord,
+    ThreadRecord,
+    messages,
+    runs,
+    threads,
+    utcnow,
+)
+from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
+from .sweep import claim_thread, lease_is_live, release_thread, remove_local
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+__all__ = ["ThreadStore"]
+
+log = logging.getLogger(__name__)
+
+ENV_URL = "THREADSTORE_DATABASE_URL"
+MESSAGE_PAGE = 100
+_ROLES = frozenset({"user", "assistant"})
+
+
+def _check_ttl(ttl: timedelta | None) -> timedelta | None:
+    if ttl is None:
+        return None
+    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+        raise ConfigError(f"ttl must be a positive timedelta or None, not {ttl!r}")
+    return ttl
+
+
+def _check_id(thread_id: str) -> str:
+    if not isinstance(thread_id, str) or not thread_id or len(thread_id) > 64:
+        raise ThreadNotFound(str(thread_id)[:80], f"not a thread id: {str(thread_id)[:80]!r}")
+    return thread_id
+
+
+def _check_aware(at: datetime) -> datetime:
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise ConfigError(f"expected a timezone-aware datetime, not {at!r}")
+    return at
+
+
+def _check_messages(items: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    checked: list[dict[str, Any]] = []
+    for item in items or ():
+        if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
+            raise ConfigError("each message must be a mapping with a string 'content'")
+        role = item.get("role", "user")
+        if role not in _ROLES:
+            raise ConfigError(f"message role must be 'user' or 'assistant', not {role!r}")
+        checked.append({**item, "role": role})
+    return checked
+
+
+class ThreadStore:
+    """DashScope's threads, messages and runs, mirrored in a local database.
+
+    ``ThreadStore(url)`` opens (and migrates to the latest schema) the database at
+    ``url`` — an SQLAlchemy URL such as ``sqlite:///threadstore.db`` or
+    ``postgresql://user@host/db`` — or uses an ``Engine`` you pass. ``remote``
+    defaults to :class:`~threadstore.remote.DashScopeRemote` (key and endpoint
+    from the SDK's environment variables). ``encryption_key`` defaults to
+    ``THREADSTORE_ENCRYPTION_KEY``: with a key, message text and metadata are
+    encrypted at rest.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str | Engine | None = None,
+        *,
+        remote: Remote | None = None,
+        encryption_key: str | None = None,
+        migrate: bool = True,
+        owner: str | None = None,
+    ) -> None:
+        self._owns_engine = not isinstance(url, Engine)
+        self.engine: Engine = url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
+        self.remote: Remote = remote if remote is not None else DashScopeRemote()
+        self.codec = Codec(encryption_key) if encryption_key else Codec.from_env()
+        self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._closed = False
+        if migrate:
+            try:
+                db.upgrade(self.engine)
+            except Exception:
+                if self._owns_engine:
+                    self.engine.dispose()
+                raise
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> ThreadStore:
+        """A store at ``THREADSTORE_DATABASE_URL`` (default ``sqlite:///threadstore.db``)."""
+        return cls(os.environ.get(ENV_URL) or db.DEFAULT_URL, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"ThreadStore({db.safe_url(self.engine.url)!r})"
+
+    def __enter__(self) -> ThreadStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the database connections and the remote's HTTP pool."""
+        if self._closed:
+            return
+        self._closed = True
+        self.remote.close()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with db.write(self.engine) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database write failed: {db._short(exc)}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with db.read(self.engine) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database read failed: {db._short(exc)}") from exc
+
+    # ------------------------------------------------------------------ rows → records
+
+    def _thread(self, row: RowMapping | Mapping[str, Any]) -> ThreadRecord:
+        ttl = row["ttl_seconds"]
+        return ThreadRecord(
+            thread_id=row["thread_id"],
+            user_id=row["user_id"],
+            workspace=row["workspace"],
+            created_at=row["created_at"],
+            last_active=row["last_active"],
+            metadata=self.codec.decode_json(row["metadata"]),
+            pinned=bool(row["pinned"]),
+            ttl=timedelta(seconds=ttl) if ttl is not None else None,
+            status=row["status"],
+            attempts=row["attempts"],
+            last_error=row["last_error"],
+            next_attempt_at=row["next_attempt_at"],
+        )
+
+    def _message(self, row: RowMapping | Mapping[str, Any]) -> MessageRecord:
+        return MessageRecord(
+            message_id=row["message_id"],
+            thread_id=row["thread_id"],
+            role=row["role"],
+            content=self.codec.decode_text(row["content"]),
+            created_at=row["created_at"],
+            run_id=row["run_id"],
+            assistant_id=row["assistant_id"],
+            metadata=self.codec.decode_json(row["metadata"]),
+        )
+
+    @staticmethod
+    def _run(row: RowMapping | Mapping[str, Any], added: Sequence[MessageRecord] = ()) -> RunRecord:
+        return RunRecord(
+            run_id=row["run_id"],
+            thread_id=row["thread_id"],
+            status=row["status"],
+            created_at=row["created_at"],
+            assistant_id=row["assistant_id"],
+            model=row["model"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            failed_at=row["failed_at"],
+            last_error=row["last_error"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            total_tokens=row["total_tokens"],
+            messages=tuple(added),
+        )
+
+    def _row(self, conn: Connection, thread_id: str) -> RowMapping:
+        row = (
+            conn.execute(
+                select(threads).where(
+                    threads.c.thread_id == thread_id, threads.c.status == "active"
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise ThreadNotFound(thread_id)
+        return row
+
+    def _writable_row(self, conn: Connection, thread_id: str) -> RowMapping:
+        """The thread's row, refusing threads that a deleter has claimed."""
+        row = self._row(conn, thread_id)
+        now = utcnow()
+        if row["lease_owner"] is not None and row["lease_expires_at"] and row["lease_expires_at"] > now:
+            raise ThreadExpired(thread_id)
+        return row
+
+    @staticmethod
+    def _activity(row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+        """Column values that record activity at ``at`` (clearing delete retries)."""
+        ttl = row["ttl_seconds"]
+        return {
+            "last_active": at,
+            "ttl_expires_at": at + timedelta(seconds=ttl) if ttl is not None else None,
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": None,
+        }
+
+    def _message_values(self, m: RemoteMessage, thread_id: str) -> dict[str, Any]:
+        return {
+            "message_id": m.id,
+            "thread_id": thread_id,
+            "role": m.role,
+            "content": self.codec.encode_text(m.content),
+            "created_at": m.created_at or utcnow(),
+            "run_id": m.run_id,
+            "assistant_id": m.assistant_id,
+            "metadata": self.codec.encode_json(m.metadata),
+        }
+
+    def _insert_new_messages(
+        self, conn: Connection, thread_id: str, items: Sequence[RemoteMessage]
+    ) -> list[MessageRecord]:
+        if not items:
+            return []
+        ids = [m.id for m in items]
+        known = set(
+            conn.execute(select(messages.c.message_id).where(messages.c.message_id.in_(ids)))
+            .scalars()
+            .all()
+        )
+        rows = [self._message_values(m, thread_id) for m in items if m.id not in known]
+        if rows:
+            conn.execute(insert(messages), rows)
+        return [self._message(r) for r in rows]
+
+    # ------------------------------------------------------------------ create
+
+    def create_thread(
+        self,
+        *,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        workspace: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> ThreadRecord:
+        """Create a DashScope thread and mirror it; returns the new record.
+
+        Writes a ``creating`` intent row first (so a dead database stops us before
+        anything exists remotely); if mirroring fails after the remote create, the
+        remote thread is deleted again and the error re-raised.
+        """
+        stored_meta = self.codec.encode_json(metadata)  # refuses non-JSON up front
+        initial = _check_messages(messages)
+        ttl = _check_ttl(ttl)
+        if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 255):
+            raise ConfigError("user_id must be a string of at most 255 characters")
+        intent_id = f"creating_{uuid.uuid4().hex}"
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                insert(threads).values(
+                    thread_id=intent_id,
+                    workspace=workspace,
+                    user_id=user_id,
+                    created_at=now,
+                    last_active=now,
+                    metadata=stored_meta,
+                    status="creating",
+                    ttl_seconds=int(ttl.total_seconds()) if ttl else None,
+                )
+            )
+        try:
+            remote = self.remote.create_thread(
+                messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
+            )
+        except BaseException:
+            self._drop_intent(intent_id)
+            raise
+        try:
+            first: list[RemoteMessage] = []
+            if initial:
+                first = self._fetch_messages(remote.id, workspace=workspace, after=None)
+            now = utcnow()
+            with self._write() as conn:
+                values = {
+                    "thread_id": remote.id,
+                    "status": "active",
+                    "created_at": remote.created_at or now,
+                    "last_active": now,
+                    "ttl_expires_at": now + ttl if ttl else None,
+                }
+                done = conn.execute(
+                    update(threads).where(threads.c.thread_id == intent_id).values(**values)
+                )
+                if done.rowcount != 1:
+                    raise StoreError(f"the intent row for {remote.id} vanished")
+                self._insert_new_messages(conn, remote.id, first)
+                row = self._row(conn, remote.id)
+        except BaseException as exc:
+            self._compensate(remote.id, workspace, exc)
+            self._drop_intent(intent_id)
+            raise
+        log.debug("created thread %s for user %s", remote.id, user_id)
+        return self._thread(row)
+
+    def _drop_intent(self, intent_id: str) -> None:
+        try:
+            with db.write(self.engine) as conn:
+                conn.execute(delete(threads).where(threads.c.thread_id == intent_id))
+        except SQLAlchemyError:
+            # Harmless leftover: an intent row has no remote thread; stats counts it.
+            log.warning("could not remove intent row %s", intent_id)
+
+    def _compensate(self, thread_id: str, workspace: str | None, cause: BaseException) -> None:
+        try:
+            self.remote.delete_thread(thread_id, workspace=workspace)
+        except RemoteNotFound:
+            pass
+        except RemoteError as exc:
+            log.error(
+                "thread %s was created remotely but could not be mirrored (%s) nor deleted "
+                "(%s): adopt or delete it by hand",
+                thread_id,
+                cause,
+                exc,
+            )
+        else:
+            log.warning("mirroring %s failed (%s); the remote thread was deleted", thread_id, cause)
+
+    # ------------------------------------------------------------------ updates
+
+    def _remote_target(self, thread_id: str) -> RowMapping:
+        """The row an update is about to target; raises before any remote call."""
+        _check_id(thread_id)
+        with self._read() as conn:
+            return self._writable_row(conn, thread_id)
+
+    def update_thread(self, thread_id: str, *, metadata: Mapping[str, Any]) -> ThreadRecord:
+        """Replace the thread's metadata on DashScope, then in the mirror."""
+        stored_meta = self.codec.encode_json(metadata)
+        row = self._remote_target(thread_id)
+        self.remote.update_thread(thread_id, metadata=dict(metadata), workspace=row["workspace"])
+        with self._write() as conn:
+            row = self._writable_row(conn, thread_id)
+            conn.execute(
+                update(threads)
+                .where(threads.c.thread_id == thread_id)
+                .values(metadata=stored_meta, **self._activity(row, utcnow()))
+            )
+            return self._thread(self._row(conn, thread_id))
+
+    def add_message(
+        self,
+        thread_id: str,
+        content: str,
+        *,
+        role: str = "user",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MessageRecord:
+        """Add a message on DashScope, then mirror it and move ``last_active``."""
+        if not isinstance(content, str):
+            raise ConfigError("message content must be a string")
+        if role not in _ROLES:
+            raise ConfigError(f"message role must be 'user' or 'assistant', not {role!r}")
+        self.codec.dumps(metadata)
+        row = self._remote_target(thread_id)
+        remote = self.remote.create_message(
+            thread_id, content, role=role, metadata=metadata, workspace=row["workspace"]
+        )
+        with self._write() as conn:
+            row = self._writable_row(conn, thread_id)
+            values = self._message_values(remote, thread_id)
+            conn.execute(insert(messages).values(**values))
+            conn.execute(
+                update(threads)
+                .where(threads.c.thread_id == thread_id)
+                .values(**self._activity(row, utcnow()))
+            )
+        return self._message(values)
+
+    # ------------------------------------------------------------------ runs
+
+    def run(
+        self,
+        thread_id: str,
+        *,
+        assistant_id: str,
+        model: str | None = None,
+        instructions: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float = 300.0,
+        poll_interval: float = 0.5,
+    ) -> RunRecord:
+        """Run an assistant on the thread and wait for it to finish.
+
+        Mirrors the run (status, model, timings, token usage) and the messages it
+        added. Raises :class:`~threadstore.errors.RemoteUnavailable` if the run is
+        still going after ``timeout`` seconds (its last state stays mirrored).
+        """
+        record = self.start_run(
+            thread_id,
+            assistant_id=assistant_id,
+            model=model,
+            instructions=instructions,
+            metadata=metadata,
+        )
+        return self.wait_run(record.run_id, thread_id=thread_id, timeout=timeout, poll_interval=poll_interval)
+
+    def start_run(
+        self,
+        thread_id: str,
+        *,
+        assistant_id: str,
+        model: str | None = None,
+        instructions: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        """Create a run on DashScope and mirror it as it is now (usually ``queued``)."""
+        if not isinstance(assistant_id, str) or not assistant_id:
+            raise ConfigError("assistant_id is required")
+        self.codec.dumps(metadata)
+        row = self._remote_target(thread_id)
+        remote = self.remote.create_run(
+            thread_id,
+            assistant_id=assistant_id,
+            model=model,
+            instructions=instructions,
+            metadata=metadata,
+            workspace=row["workspace"],
+        )
+        return self._mirror_run(remote, [])
+
+    def wait_run(
+        self,
+        run_id: str,
+        *,
+        thread_id: str,
+        timeout: float = 300.0,
+        poll_interval: float = 0.5,
+    ) -> RunRecord:
+        """Poll a run until it ends, then mirror it and the messages it added."""
+        row = self._remote_target(thread_id)
+        workspace = row["workspace"]
+        deadline = time.monotonic() + timeout
+        delay = min(0.05, poll_interval)
+        while True:
+            remote = self.remote.retrieve_run(run_id, thread_id=thread_id, workspace=workspace)
+            if remote.status in TERMINAL_RUN_STATUSES:
+                break
+            if time.monotonic() >= deadline:
+                self._mirror_run(remote, [])
+                raise RemoteUnavailable(
+                    f"run {run_id} on {thread_id} still {remote.status} after {timeout:g} s",
+                    operation="runs.wait",
+                    thread_id=thread_id,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+        with self._read() as conn:
+            last = conn.execute(
+                select(messages.c.message_id)
+                .where(messages.c.thread_id == thread_id)
+                .order_by(messages.c.created_at.desc(), messages.c.message_id.desc())
+                .limit(1)
+            ).scalar()
+        added = self._fetch_messages(thread_id, workspace=workspace, after=last)
+        return self._mirror_run(remote, added)
+
+    def _mirror_run(self, remote: RemoteRun, added: Sequence[RemoteMessage]) -> RunRecord:
+        values = {
+            "thread_id": remote.thread_id,
+            "assistant_id": remote.assistant_id,
+            "model": remote.model,
+            "status": remote.status,
+            "created_at": remote.created_at or utcnow(),
+            "started_at": remote.started_at,
+            "completed_at": remote.completed_at,
+            "failed_at": remote.failed_at,
+            "last_error": remote.last_error,
+            "prompt_tokens": remote.prompt_tokens,
+            "completion_tokens": remote.completion_tokens,
+            "total_tokens": remote.total_tokens,
+        }
+        with self._write() as conn:
+            row = self._writable_row(conn, remote.thread_id)
+            done = conn.execute(update(runs).where(runs.c.run_id == remote.id).values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(runs).values(run_id=remote.id, **values))
+            new = self._insert_new_messages(conn, remote.thread_id, added)
+            conn.execute(
+                update(threads)
+                .where(threads.c.thread_id == remote.thread_id)
+                .values(**self._activity(row, utcnow()))
+            )
+        return self._run({"run_id": remote.id, **values}, new)
+
+    def _fetch_messages(
+        self, thread_id: str, *, workspace: str | None, after: str | None
+    ) -> list[RemoteMessage]:
+        """All remote messages after ``after`` (oldest first), page by page."""
+        out: list[RemoteMessage] = []
+        while True:
+            page, has_more = self.remote.list_messages(
+                thread_id, after=after, limit=MESSAGE_PAGE, workspace=workspace
+            )
+            out.extend(page)
+            if not has_more or not page:
+                return out
+            after = page[-1].id
+
+    # ------------------------------------------------------------------ local-only changes
+
+    def _set(self, thread_id: str, **values: Any) -> ThreadRecord:
+        _check_id(thread_id)
+        with self._write() as conn:
+            row = self._row(conn, thread_id)
+            if "ttl_seconds" in values:
+                ttl = values["ttl_seconds"]
+                values["ttl_expires_at"] = (
+                    row["last_active"] + timedelta(seconds=ttl) if ttl is not None else None
+                )
+            conn.execute(update(threads).where(threads.c.thread_id == thread_id).values(**values))
+            return self._thread(self._row(conn, thread_id))
+
+    def touch(self, thread_id: str, *, at: datetime | None = None) -> ThreadRecord:
+        """Record activity now, or at ``at`` (an aware datetime, for backfills)."""
+        when = _check_aware(at) if at is not None else utcnow()
+        _check_id(thread_id)
+        with self._write() as conn:
+            row = self._row(conn, thread_id)
+            conn.execute(
+                update(threads)
+                .where(threads.c.thread_id == thread_id)
+                .values(**self._activity(row, when))
+            )
+            return self._thread(self._row(conn, thread_id))
+
+    def pin(self, thread_id: str) -> ThreadRecord:
+        """Keep the thread forever: sweeps never expire a pinned thread."""
+        return self._set(thread_id, pinned=True)
+
+    def unpin(self, thread_id: str) -> ThreadRecord:
+        """Let the thread expire again."""
+        return self._set(thread_id, pinned=False)
+
+    def set_ttl(self, thread_id: str, ttl: timedelta | None) -> ThreadRecord:
+        """Give the thread its own idle TTL (overrides the sweep's), or None to clear."""
+        ttl = _check_ttl(ttl)
+        return self._set(thread_id, ttl_seconds=int(ttl.total_seconds()) if ttl else None)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_thread(self, thread_id: str) -> ThreadRecord:
+        """The mirrored thread; :class:`ThreadNotFound` if it is not in the store."""
+        _check_id(thread_id)
+        with self._read() as conn:
+            return self._thread(self._row(conn, thread_id))
+
+    def list_threads(
+        self,
+        *,
+        user_id: str | None = None,
+        workspace: str | None = None,
+        inactive_for: timedelta | None = None,
+        pinned: bool | None = None,
+        limit: int | None = None,
+    ) -> list[ThreadRecord]:
+        """Mirrored threads, most recently active first, filtered as asked."""
+        query = select(threads).where(threads.c.status == "active")
+        if user_id is not None:
+            query = query.where(threads.c.user_id == user_id)
+        if workspace is not None:
+            query = query.where(threads.c.workspace == workspace)
+        if inactive_for is not None:
+            query = query.where(threads.c.last_active < utcnow() - inactive_for)
+        if pinned is not None:
+            query = query.where(threads.c.pinned == pinned)
+        query = query.order_by(threads.c.last_active.desc(), threads.c.thread_id)
+        if limit is not None:
+            if limit < 0:
+                raise ConfigError("limit must not be negative")
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [self._thread(r) for r in conn.execute(query).mappings()]
+
+    def messages(self, thread_id: str, *, limit: int | None = None) -> list[MessageRecord]:
+        """The thread's mirrored messages, oldest first."""
+        _check_id(thread_id)
+        query = (
+            select(messages)
+            .where(messages.c.thread_id == thread_id)
+            .order_by(messages.c.created_at, messages.c.message_id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            self._row(conn, thread_id)
+            return [self._message(r) for r in conn.execute(query).mappings()]
+
+    def runs(self, thread_id: str) -> list[RunRecord]:
+        """The thread's mirrored runs, oldest first."""
+        _check_id(thread_id)
+        query = select(runs).where(runs.c.thread_id == thread_id).order_by(runs.c.created_at)
+        with self._read() as conn:
+            self._row(conn, thread_id)
+            return [self._run(r) for r in conn.execute(query).mappings()]
+
+    # ------------------------------------------------------------------ adopt
+
+    def adopt(
+        self,
+        thread_id: str,
+        *,
+        user_id: str | None = None,
+        workspace: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> ThreadRecord:
+        """Mirror a thread created elsewhere, with all its messages (paged).
+
+        Raises :class:`~threadstore.errors.RemoteNotFound` if DashScope does not
+        know the id. Adopting an already mirrored thread fetches what it lacks.
+        """
+        _check_id(thread_id)
+        ttl = _check_ttl(ttl)
+        remote = self.remote.retrieve_thread(thread_id, workspace=workspace)
+        items = self._fetch_messages(thread_id, workspace=workspace, after=None)
+        now = utcnow()
+        with self._write() as conn:
+            existing = (
+                conn.execute(select(threads).where(threads.c.thread_id == thread_id))
+                .mappings()
+                .first()
+            )
+            if existing is None:
+                conn.execute(
+                    insert(threads).values(
+                        thread_id=thread_id,
+                        workspace=workspace,
+                        user_id=user_id,
+                        created_at=remote.created_at or now,
+                        last_active=now,
+                        metadata=self.codec.encode_json(remote.metadata),
+                        status="active",
+                        ttl_seconds=int(ttl.total_seconds()) if ttl else None,
+                        ttl_expires_at=now + ttl if ttl else None,
+                    )
+                )
+            else:
+                changes: dict[str, Any] = {"metadata": self.codec.encode_json(remote.metadata)}
+                if user_id is not None:
+                    changes["user_id"] = user_id
+                conn.execute(
+                    update(threads).where(threads.c.thread_id == thread_id).values(**changes)
+                )
+            self._insert_new_messages(conn, thread_id, items)
+            return self._thread(self._row(conn, thread_id))
+
+    # ------------------------------------------------------------------ delete
+
+    def delete_thread(self, thread_id: str, *, lease: timedelta = timedelta(minutes=5)) -> None:
+        """Delete the thread on DashScope, then its local row, messages and runs.
+
+        The local row goes only once DashScope confirmed the delete or answered
+        404. Any other remote error leaves the row as it was and is raised.
+        :class:`ThreadExpired` if a sweep is deleting it right now.
+        """
+        _check_id(thread_id)
+        with self._write() as conn:
+            row = self._row(conn, thread_id)
+            if not claim_thread(conn, thread_id, owner=self.owner, lease=lease):
+                raise ThreadExpired(thread_id)
+        result = "deleted"
+        try:
+            self.remote.delete_thread(thread_id, workspace=row["workspace"])
+        except RemoteNotFound:
+            result = "already_gone"
+        except BaseException:
+            with self._write() as conn:
+                release_thread(conn, thread_id, owner=self.owner)
+            raise
+        with self._write() as conn:
+            remove_local(
+                conn, thread_id, reason="manual", remote_result=result, owner=self.owner
+            )
+
+    # ------------------------------------------------------------------ sweep, export, stats
+
+    def sweep(
+        self,
+        older_than: timedelta,
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+        concurrency: int = 16,
+        max_rps: float | None = None,
+        lease: timedelta = timedelta(minutes=5),
+        archive: str | Path | IO[str] | None = None,
+    ) -> Any:
+        """Delete threads idle longer than ``older_than`` (or their own TTL)."""
+        raise NotImplementedError
+
+    def export(
+        self,
+        path_or_file: str | Path | IO[Any],
+        *,
+        table: str = "threads",
+        fmt: str = "jsonl",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        workspace: str | None = None,
+        user_id: str | None = None,
+        redact: bool = False,
+    ) -> int:
+        """Stream a table of the mirror to a file; returns the rows written."""
+        raise NotImplementedError
+
+    def stats(self) -> Any:
+        """Counts for humans and monitors."""
+        raise NotImplementedError
+
+    def start_sweeper(
+        self,
+        older_than: timedelta,
+        every: timedelta = timedelta(hours=1),
+        **sweep_options: Any,
+    ) -> BackgroundScheduler:
+        """Run :meth:`sweep` every ``every`` in a background scheduler."""
+        raise NotImplementedError
+
+    # used by lease checks elsewhere
+    _lease_is_live = staticmethod(lease_is_live)
