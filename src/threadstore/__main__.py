@@ -1,0 +1,3 @@
+from threadstore.cli import main
+
+main()
