@@ -19,6 +19,7 @@ from threadstore.testing.emulator import Emulator
 pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API:DeprecationWarning")
 
 KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -191,8 +192,10 @@ def test_run_requires_assistant_id(emu: Emulator) -> None:
     """POST runs without assistant_id is 400 (the SDK refuses locally, so use HTTP)."""
     tid = emu.seed_thread()
     resp = requests.post(
-        f"{emu.url}/threads/{tid}/runs", json={"model": "qwen-max"},
-        headers={"Authorization": f"Bearer {KEY}"}, timeout=5,
+        f"{emu.url}/threads/{tid}/runs",
+        json={"model": "qwen-max"},
+        headers=AUTH,
+        timeout=5,
     )
     assert resp.status_code == 400
     assert resp.json()["code"] == "InvalidParameter"
@@ -215,9 +218,7 @@ def test_throttling_with_retry_after(emu: Emulator) -> None:
     """A 429 fault answers Throttling with a Retry-After header (the SDK drops headers)."""
     tid = emu.seed_thread()
     emu.fail("threads.retrieve", status=429, retry_after=2, thread_id=tid)
-    resp = requests.get(
-        f"{emu.url}/threads/{tid}", headers={"Authorization": f"Bearer {KEY}"}, timeout=5
-    )
+    resp = requests.get(f"{emu.url}/threads/{tid}", headers=AUTH, timeout=5)
     assert resp.status_code == 429
     assert resp.headers["Retry-After"] == "2"
     assert resp.json()["code"] == "Throttling"
@@ -232,7 +233,8 @@ def _failures(seed: int, n: int) -> list[int]:
         tid = emulator.seed_thread()
         emulator.fail("threads.retrieve", status=503, rate=0.3)
         return [
-            i for i in range(n)
+            i
+            for i in range(n)
             if session.get(f"{emulator.url}/threads/{tid}", timeout=5).status_code == 503
         ]
 
@@ -335,8 +337,7 @@ def test_admin_api(emu: Emulator) -> None:
 
 def test_unknown_route_is_json_404(emu: Emulator) -> None:
     """Routes the API does not have answer 404 with a JSON error body."""
-    resp = requests.get(f"{emu.url}/assistants", headers={"Authorization": f"Bearer {KEY}"},
-                        timeout=5)
+    resp = requests.get(f"{emu.url}/assistants", headers=AUTH, timeout=5)
     assert resp.status_code == 404
     assert set(resp.json()) >= {"code", "message", "request_id"}
 
@@ -347,7 +348,7 @@ def test_keep_alive(emu: Emulator) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=5)
     try:
         for _ in range(3):
-            conn.request("GET", f"/api/v1/threads/{tid}", headers={"Authorization": f"Bearer {KEY}"})
+            conn.request("GET", f"/api/v1/threads/{tid}", headers=AUTH)
             resp = conn.getresponse()
             assert resp.status == 200
             resp.read()
@@ -370,19 +371,21 @@ def test_latency_is_concurrent(emu: Emulator) -> None:
 def test_throughput_with_latency() -> None:
     """Pooled clients sustain several hundred requests/s against 50 ms latency."""
     with Emulator(api_key=KEY, latency=0.05) as emulator:
-        tid = emulator.seed_thread()
+        url = f"{emulator.url}/threads/{emulator.seed_thread()}"
         local = threading.local()
+        sessions: list[requests.Session] = []
 
         def get(_: int) -> int:
             if not hasattr(local, "session"):
                 local.session = requests.Session()
-            url = f"{emulator.url}/threads/{tid}"
-            headers = {"Authorization": f"Bearer {KEY}"}
-            return int(local.session.get(url, headers=headers, timeout=5).status_code)
+                sessions.append(local.session)
+            return int(local.session.get(url, headers=AUTH, timeout=5).status_code)
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=50) as pool:
             codes = list(pool.map(get, range(500)))
         elapsed = time.monotonic() - started
+        for session in sessions:
+            session.close()
     assert codes == [200] * 500
     assert 500 / elapsed > 300

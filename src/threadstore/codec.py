@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .errors import ConfigError
 
-__all__ = ["Codec", "PREFIX"]
+__all__ = ["PREFIX", "Codec"]
 
 PREFIX = "fernet:"
 ENV_KEY = "THREADSTORE_ENCRYPTION_KEY"

@@ -22,6 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -151,8 +155,8 @@ def write(engine: Engine) -> Iterator[Connection]:
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """One read transaction that never takes SQLite's write lock."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+    with engine.connect() as raw:
+        conn = raw.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
         with conn.begin():
             yield conn
 
@@ -171,8 +175,6 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Any:
     """An Alembic ``Config`` pointing at our scripts, bound to ``connection``."""
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
@@ -180,15 +182,11 @@ def alembic_config(connection: Connection | None = None) -> Any:
 
 
 def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
     head: str | None = ScriptDirectory.from_config(alembic_config()).get_current_head()
     return head
 
 
 def current_revision(conn: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     rev: str | None = MigrationContext.configure(conn).get_current_revision()
     return rev
 
@@ -204,8 +202,6 @@ def _lock_for_migration(conn: Connection) -> None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to ``revision``; safe when several processes open a store at once."""
-    from alembic import command
-
     try:
         if revision == "head":
             with read(engine) as conn:
@@ -221,8 +217,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    from alembic import command
-
     with write(engine) as conn:
         _lock_for_migration(conn)
         command.downgrade(alembic_config(conn), revision)

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import dashscope
 import requests
+from dashscope.assistants.assistant_types import DeleteResponse
 from dashscope.common.env import resolve_base_url
 from dashscope.common.error import AuthenticationError, InputRequired
 from dashscope.common.utils import default_headers
@@ -43,16 +44,23 @@ from .errors import (
 )
 
 __all__ = [
+    "TERMINAL_RUN_STATUSES",
     "DashScopeRemote",
     "Remote",
     "RemoteMessage",
     "RemoteRun",
     "RemoteThread",
-    "TERMINAL_RUN_STATUSES",
     "error_from_status",
 ]
 
 log = logging.getLogger(__name__)
+
+# The SDK's classes build their methods from untyped mixins; use them as Any.
+_THREADS: Any = dashscope.Threads
+_MESSAGES: Any = dashscope.Messages
+_RUNS: Any = dashscope.Runs
+_resolve_base_url: Any = resolve_base_url
+_DeleteResponse: Any = DeleteResponse
 
 DEFAULT_TIMEOUT = 30.0
 TERMINAL_RUN_STATUSES = frozenset(
@@ -410,12 +418,14 @@ class DashScopeRemote:
             kw["base_address"] = self._base_url
         return kw
 
-    def _call(self, operation: str, thread_id: str | None, fn: Any, *a: Any, **kw: Any) -> Any:
+    def _call(
+        self, operation: str, about: str | None, fn: Any, /, *a: Any, **kw: Any
+    ) -> Any:
         try:
             result = fn(*a, **kw)
         except _SDK_ERRORS as exc:
-            raise _translate_exception(exc, operation, thread_id) from exc
-        return _check(result, operation, thread_id)
+            raise _translate_exception(exc, operation, about) from exc
+        return _check(result, operation, about)
 
     # -- threads
 
@@ -429,7 +439,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.create",
             None,
-            dashscope.Threads.create,
+            _THREADS.create,
             messages=[dict(m) for m in messages] if messages else None,
             metadata=dict(metadata) if metadata else None,
             **self._kw(workspace),
@@ -440,7 +450,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.retrieve",
             thread_id,
-            dashscope.Threads.retrieve,
+            _THREADS.retrieve,
             thread_id,
             **self._kw(workspace),
         )
@@ -452,7 +462,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.update",
             thread_id,
-            dashscope.Threads.update,
+            _THREADS.update,
             thread_id,
             metadata=dict(metadata),
             **self._kw(workspace),
@@ -463,10 +473,10 @@ class DashScopeRemote:
         """``DELETE threads/{id}`` over the pooled session; 404 raises RemoteNotFound."""
         operation = "threads.delete"
         try:
-            headers = default_headers(self._api_key)
+            headers = default_headers(self._api_key)  # type: ignore[arg-type]
             if workspace is not None:
                 headers["X-DashScope-WorkSpace"] = workspace
-            base = resolve_base_url(self.base_url, workspace).rstrip("/")
+            base = _resolve_base_url(self.base_url, workspace).rstrip("/")
             response = self._pooled().delete(
                 f"{base}/threads/{thread_id}", headers=headers, timeout=self.timeout
             )
@@ -516,7 +526,7 @@ class DashScopeRemote:
         result = self._call(
             "messages.create",
             thread_id,
-            dashscope.Messages.create,
+            _MESSAGES.create,
             thread_id,
             content=content,
             role=role,
@@ -536,7 +546,7 @@ class DashScopeRemote:
         result = self._call(
             "messages.list",
             thread_id,
-            dashscope.Messages.list,
+            _MESSAGES.list,
             thread_id,
             limit=limit,
             order="asc",
@@ -561,7 +571,7 @@ class DashScopeRemote:
         result = self._call(
             "runs.create",
             thread_id,
-            dashscope.Runs.create,
+            _RUNS.create,
             thread_id,
             assistant_id=assistant_id,
             model=model,
@@ -577,7 +587,7 @@ class DashScopeRemote:
         result = self._call(
             "runs.retrieve",
             thread_id,
-            dashscope.Runs.retrieve,
+            _RUNS.retrieve,
             run_id,
             thread_id=thread_id,
             **self._kw(workspace),
@@ -606,3 +616,25 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP-date; rare enough to fall back to our own backoff
+
+
+# --------------------------------------------------------------------------- SDK objects
+
+
+def sdk_delete_response(thread_id: str, error: RemoteError | None = None) -> Any:
+    """The SDK's own ``DeleteResponse`` for a delete done over the pooled session.
+
+    The drop-in facade returns SDK objects; success carries ``deleted=True`` and
+    status 200, an error carries ``status_code``, ``code``, ``message`` and
+    ``request_id`` like the SDK's error results.
+    """
+    if error is None:
+        return _DeleteResponse(
+            id=thread_id, object="thread.deleted", deleted=True, status_code=200
+        )
+    return _DeleteResponse(
+        status_code=error.status_code,
+        code=error.code or "",
+        message=str(error),
+        request_id=error.request_id or "",
+    )

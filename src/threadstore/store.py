@@ -52,7 +52,7 @@ from .models import (
     utcnow,
 )
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
-from .sweep import claim_thread, lease_is_live, release_thread, remove_local
+from .sweep import claim_thread, release_thread, remove_local
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -122,7 +122,9 @@ class ThreadStore:
         owner: str | None = None,
     ) -> None:
         self._owns_engine = not isinstance(url, Engine)
-        self.engine: Engine = url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
+        self.engine: Engine = (
+            url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
+        )
         self.remote: Remote = remote if remote is not None else DashScopeRemote()
         self.codec = Codec(encryption_key) if encryption_key else Codec.from_env()
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -244,12 +246,13 @@ class ThreadStore:
         """The thread's row, refusing threads that a deleter has claimed."""
         row = self._row(conn, thread_id)
         now = utcnow()
-        if row["lease_owner"] is not None and row["lease_expires_at"] and row["lease_expires_at"] > now:
+        expires = row["lease_expires_at"]
+        if row["lease_owner"] is not None and expires is not None and expires > now:
             raise ThreadExpired(thread_id)
         return row
 
     @staticmethod
-    def _activity(row: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+    def _activity(row: RowMapping | Mapping[str, Any], at: datetime) -> dict[str, Any]:
         """Column values that record activity at ``at`` (clearing delete retries)."""
         ttl = row["ttl_seconds"]
         return {
@@ -284,6 +287,11 @@ class ThreadStore:
             .all()
         )
         rows = [self._message_values(m, thread_id) for m in items if m.id not in known]
+        # DashScope stamps messages in milliseconds, so a batch can share one
+        # stamp; nudge ties by microseconds to keep the remote order on read.
+        for prev, row in zip(rows, rows[1:]):
+            if row["created_at"] <= prev["created_at"]:
+                row["created_at"] = prev["created_at"] + timedelta(microseconds=1)
         if rows:
             conn.execute(insert(messages), rows)
         return [self._message(r) for r in rows]
@@ -460,7 +468,9 @@ class ThreadStore:
             instructions=instructions,
             metadata=metadata,
         )
-        return self.wait_run(record.run_id, thread_id=thread_id, timeout=timeout, poll_interval=poll_interval)
+        return self.wait_run(
+            record.run_id, thread_id=thread_id, timeout=timeout, poll_interval=poll_interval
+        )
 
     def start_run(
         self,
@@ -782,6 +792,3 @@ class ThreadStore:
     ) -> BackgroundScheduler:
         """Run :meth:`sweep` every ``every`` in a background scheduler."""
         raise NotImplementedError
-
-    # used by lease checks elsewhere
-    _lease_is_live = staticmethod(lease_is_live)

@@ -19,8 +19,7 @@ A separately running emulator (``threadstore emulator``) is steered over HTTP; t
 admin routes need no key and are not counted::
 
     POST   /_emulator/faults    {"op": "threads.delete", "status": 429, "retry_after": 1}
-    GET    /_emulator/faults    active faults with their hits
-    DELETE /_emulator/faults    (or /_emulator/faults/<id> for one)
+    DELETE /_emulator/faults
     GET    /_emulator/stats     {"counts": {op: {status: n}}, "threads": n, "deletes_by_thread": {}}
     POST   /_emulator/reset     clear state, faults and counters
     POST   /_emulator/latency   {"seconds": 0.05, "op": null}
@@ -86,6 +85,18 @@ _DEFAULT_CODES: dict[int, str] = {
     503: "ServiceUnavailable",
     504: "GatewayTimeout",
 }
+
+_RUN_NULLS = (
+    "started_at",
+    "completed_at",
+    "failed_at",
+    "cancelled_at",
+    "expires_at",
+    "last_error",
+    "required_action",
+    "usage",
+)
+"""Run fields that stay null until the run reaches the matching state."""
 
 _TID = r"(?P<tid>[^/]+)"
 _ITEM = r"(?P<item>[^/]+)"
@@ -205,63 +216,52 @@ def _paginate(items: list[JSON], query: dict[str, str]) -> JSON:
     }
 
 
+@dataclass(eq=False)
 class Fault:
     """One injected failure rule, created by :meth:`Emulator.fail`.
 
     ``hits`` counts the requests it affected; ``cancel()`` disables it.
     """
 
-    def __init__(
-        self,
-        fault_id: str,
-        op: str,
-        *,
-        status: int | None,
-        code: str | None,
-        message: str | None,
-        times: int | None,
-        rate: float | None,
-        thread_id: str | None,
-        workspace: str | None,
-        retry_after: float | None,
-        latency: float | None,
-        hang: bool,
-        drop: bool,
-    ) -> None:
-        if op != "*" and op not in OPS:
-            raise ValueError(f"unknown op {op!r}; expected one of {OPS} or '*'")
-        if status is not None and not 100 <= status <= 599:
-            raise ValueError(f"invalid HTTP status {status}")
-        if times is not None and times < 1:
+    id: str
+    op: str
+    status: int | None = 500
+    code: str | None = None
+    message: str | None = None
+    times: int | None = None
+    rate: float | None = None
+    thread_id: str | None = None
+    workspace: str | None = None
+    retry_after: float | None = None
+    latency: float | None = None
+    hang: bool = False
+    drop: bool = False
+    hits: int = 0
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op != "*" and self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r}; expected one of {OPS} or '*'")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"invalid HTTP status {self.status}")
+        if self.times is not None and self.times < 1:
             raise ValueError("times must be >= 1")
-        if rate is not None and not 0.0 <= rate <= 1.0:
+        if self.rate is not None and not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must be within [0, 1]")
-        if hang and drop:
+        if self.hang and self.drop:
             raise ValueError("hang and drop are mutually exclusive")
-        self.id = fault_id
-        self.op = op
-        self.status = status
-        self.code = code or (_DEFAULT_CODES.get(status, "Error") if status else None)
-        self.message = message or (f"injected fault: {self.code}" if status else None)
-        self.times = times
-        self.rate = rate
-        self.thread_id = thread_id
-        self.workspace = workspace
-        self.retry_after = retry_after
-        self.latency = latency
-        self.hang = hang
-        self.drop = drop
-        self.hits = 0
-        self._cancelled = False
+        if self.status is not None:
+            self.code = self.code or _DEFAULT_CODES.get(self.status, "Error")
+            self.message = self.message or f"injected fault: {self.code}"
 
     @property
     def active(self) -> bool:
         """False once cancelled or once ``times`` requests were affected."""
-        return not self._cancelled and (self.times is None or self.hits < self.times)
+        return not self.cancelled and (self.times is None or self.hits < self.times)
 
     def cancel(self) -> None:
         """Stop applying this fault."""
-        self._cancelled = True
+        self.cancelled = True
 
     def _matches(self, op: str, thread_id: str | None, workspace: str | None) -> bool:
         return (
@@ -270,15 +270,6 @@ class Fault:
             and (self.thread_id is None or self.thread_id == thread_id)
             and (self.workspace is None or self.workspace == workspace)
         )
-
-    def describe(self) -> JSON:
-        """JSON-friendly view (used by ``GET /_emulator/faults``)."""
-        keys = ("id", "op", "status", "code", "message", "times", "rate", "thread_id")
-        more = ("workspace", "retry_after", "latency", "hang", "drop", "hits", "active")
-        return {key: getattr(self, key) for key in keys + more}
-
-    def __repr__(self) -> str:
-        return f"Fault({self.op!r}, status={self.status}, hits={self.hits}, active={self.active})"
 
 
 @dataclass
@@ -333,7 +324,7 @@ class Emulator:
         """Seconds after creation before a run becomes terminal (``in_progress`` until then)."""
         self._requested_port = port
         self._seed = seed
-        self._rng = random.Random(seed)  # noqa: S311 - reproducible, not secret
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._latency = latency
@@ -367,8 +358,10 @@ class Emulator:
         """Serve in a background daemon thread and return ``self``."""
         server = self._bind()
         thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"dashscope-emulator:{self.port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"dashscope-emulator:{self.port}",
+            daemon=True,
         )
         self._loop_thread = thread
         thread.start()
@@ -459,9 +452,19 @@ class Emulator:
         with self._lock:
             self._fault_seq += 1
             fault = Fault(
-                f"fault_{self._fault_seq}", op, status=status, code=code, message=message,
-                times=times, rate=rate, thread_id=thread_id, workspace=workspace,
-                retry_after=retry_after, latency=latency, hang=hang, drop=drop,
+                f"fault_{self._fault_seq}",
+                op,
+                status=status,
+                code=code,
+                message=message,
+                times=times,
+                rate=rate,
+                thread_id=thread_id,
+                workspace=workspace,
+                retry_after=retry_after,
+                latency=latency,
+                hang=hang,
+                drop=drop,
             )
             self._faults.append(fault)
         return fault
@@ -503,13 +506,16 @@ class Emulator:
         self.reset_counters()
 
     # ------------------------------------------------------------------ counters
-    def count(self, op: str | None = None, thread_id: str | None = None,
-              status: int | None = None) -> int:
+    def count(
+        self, op: str | None = None, thread_id: str | None = None, status: int | None = None
+    ) -> int:
         """Requests answered, filtered by op, thread id and HTTP status (0 = drop/hang)."""
         with self._lock:
             return sum(
-                1 for o, t, s in self._calls
-                if (op is None or o == op) and (thread_id is None or t == thread_id)
+                1
+                for o, t, s in self._calls
+                if (op is None or o == op)
+                and (thread_id is None or t == thread_id)
                 and (status is None or s == status)
             )
 
@@ -550,8 +556,12 @@ class Emulator:
         with self._lock:
             return [tid for tid, t in self._threads.items() if t.workspace == workspace]
 
-    def seed_thread(self, metadata: JSON | None = None, messages: list[JSON] | None = None,
-                    workspace: str | None = None) -> str:
+    def seed_thread(
+        self,
+        metadata: JSON | None = None,
+        messages: list[JSON] | None = None,
+        workspace: str | None = None,
+    ) -> str:
         """Create a thread directly (uncounted); ``messages`` are ``{"role", "content"}``."""
         with self._lock:
             try:
@@ -605,7 +615,7 @@ class Emulator:
             return copy.deepcopy(self._handlers[req.op](req))
 
     def _admin(self, method: str, path: str, raw: bytes) -> JSON:
-        route = path[len(ADMIN_PREFIX):].strip("/")
+        route = path[len(ADMIN_PREFIX) :].strip("/")
         if route == "faults" and method == "POST":
             body = _json_body(raw)
             op = body.pop("op", None)
@@ -616,20 +626,9 @@ class Emulator:
                 return {"id": self.fail(op, **body).id}
             except (TypeError, ValueError) as exc:
                 raise _ApiError(400, str(exc)) from exc
-        if route == "faults" and method == "GET":
-            with self._lock:
-                return {"faults": [f.describe() for f in self._faults if f.active]}
         if route == "faults" and method == "DELETE":
             self.clear_faults()
             return {"cleared": True}
-        if route.startswith("faults/") and method == "DELETE":
-            with self._lock:
-                found = [f for f in self._faults if f.id == route[len("faults/"):]]
-            for fault in found:
-                fault.cancel()
-            if not found:
-                raise _ApiError(404, f"no fault {route[len('faults/'):]}")
-            return {"cancelled": True}
         if route == "stats" and method == "GET":
             return self.stats()
         if route == "reset" and method == "POST":
@@ -676,8 +675,16 @@ class Emulator:
         self._threads[tid] = thread
         return tid
 
-    def _add_message(self, thread: _Thread, role: str, text: str, *, metadata: JSON | None = None,
-                     file_ids: list[str] | None = None, run: JSON | None = None) -> JSON:
+    def _add_message(
+        self,
+        thread: _Thread,
+        role: str,
+        text: str,
+        *,
+        metadata: JSON | None = None,
+        file_ids: list[str] | None = None,
+        run: JSON | None = None,
+    ) -> JSON:
         message: JSON = {
             "id": _new_id("message"),
             "object": "thread.message",
@@ -750,14 +757,7 @@ class Emulator:
             "file_ids": [],
             "status": "queued",
             "created_at": _now_ms(),
-            "started_at": None,
-            "completed_at": None,
-            "failed_at": None,
-            "cancelled_at": None,
-            "expires_at": None,
-            "last_error": None,
-            "required_action": None,
-            "usage": None,
+            **dict.fromkeys(_RUN_NULLS),
         }
         for key in ("top_p", "top_k", "temperature", "max_tokens"):
             if body.get(key) is not None:
@@ -794,25 +794,43 @@ class Emulator:
             reply = f"Echo: {run.echo}"
             message = self._add_message(thread, "assistant", reply, run=obj)
             prompt, completion = _tokens(run.prompt_chars), _tokens(len(reply))
-            obj["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                            "total_tokens": prompt + completion}
+            obj["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
             obj["completed_at"] = now
-            run.steps.append({
-                "id": _new_id("step"), "object": "thread.run.step", "type": "message_creation",
-                "status": "completed", "run_id": obj["id"], "thread_id": obj["thread_id"],
-                "assistant_id": obj["assistant_id"], "created_at": now, "completed_at": now,
-                "step_details": {"type": "message_creation",
-                                 "message_creation": {"message_id": message["id"]}},
-                "usage": dict(obj["usage"]),
-            })
+            run.steps.append(
+                {
+                    "id": _new_id("step"),
+                    "object": "thread.run.step",
+                    "type": "message_creation",
+                    "status": "completed",
+                    "run_id": obj["id"],
+                    "thread_id": obj["thread_id"],
+                    "assistant_id": obj["assistant_id"],
+                    "created_at": now,
+                    "completed_at": now,
+                    "step_details": {
+                        "type": "message_creation",
+                        "message_creation": {"message_id": message["id"]},
+                    },
+                    "usage": dict(obj["usage"]),
+                }
+            )
         elif status == "failed":
             obj["failed_at"] = now
             obj["last_error"] = {"code": "server_error", "message": "emulated run failure"}
         elif status == "requires_action":
-            call = {"id": _new_id("call"), "type": "function",
-                    "function": {"name": "emulated_tool", "arguments": "{}"}}
-            obj["required_action"] = {"type": "submit_tool_outputs",
-                                      "submit_tool_outputs": {"tool_calls": [call]}}
+            call = {
+                "id": _new_id("call"),
+                "type": "function",
+                "function": {"name": "emulated_tool", "arguments": "{}"},
+            }
+            obj["required_action"] = {
+                "type": "submit_tool_outputs",
+                "submit_tool_outputs": {"tool_calls": [call]},
+            }
         elif status == "expired":
             obj["expires_at"] = now
         else:
@@ -891,7 +909,7 @@ class _Handler(BaseHTTPRequestHandler):
         op, params = "unknown", {}
         if path.startswith(API_PREFIX):
             for method, pattern, name in _ROUTES:
-                match = pattern.fullmatch(path[len(API_PREFIX):])
+                match = pattern.fullmatch(path[len(API_PREFIX) :])
                 if method == self.command and match:
                     op, params = name, match.groupdict()
                     break
@@ -908,19 +926,7 @@ class _Handler(BaseHTTPRequestHandler):
             emu._record(op, req.thread_id, DROPPED)
             self._drop()
             return
-        if fault is not None and (fault.hang or fault.drop):
-            emu._record(op, req.thread_id, DROPPED)
-            if fault.hang:
-                self._hang()
-            self._drop()
-            return
-        if fault is not None and fault.status is not None:
-            emu._record(op, req.thread_id, fault.status)
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = f"{fault.retry_after:g}"
-            error = _ApiError(fault.status, fault.message or "", fault.code)
-            self._send_error(error, headers)
+        if fault is not None and self._answer_fault(fault, req):
             return
         auth = self.headers.get("Authorization")
         if emu.api_key is not None and auth != f"Bearer {emu.api_key}":
@@ -939,6 +945,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         emu._record(op, req.thread_id, 200)
         self._send(200, payload)
+
+    def _answer_fault(self, fault: Fault, req: _Request) -> bool:
+        """Answer with the fault's hang/drop/error; False if it only added latency."""
+        emu = self.server.emulator
+        if fault.hang or fault.drop:
+            emu._record(req.op, req.thread_id, DROPPED)
+            if fault.hang:
+                self._hang()
+            self._drop()
+            return True
+        if fault.status is None:
+            return False
+        emu._record(req.op, req.thread_id, fault.status)
+        headers = {}
+        if fault.retry_after is not None:
+            seconds = float(fault.retry_after)
+            headers["Retry-After"] = str(int(seconds) if seconds.is_integer() else seconds)
+        self._send_error(_ApiError(fault.status, fault.message or "", fault.code), headers)
+        return True
 
     def _send(self, status: int, payload: JSON, headers: dict[str, str] | None = None) -> None:
         request_id = str(uuid.uuid4())

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-
 from ..remote import RemoteMessage, RemoteRun, RemoteThread, error_from_status
 
 __all__ = ["FakeRemote"]

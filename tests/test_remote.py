@@ -1,0 +1,97 @@
+"""DashScopeRemote turns every SDK outcome into the typed error tree."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from threadstore import (
+    ConfigError,
+    DashScopeRemote,
+    RemoteAuthError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteRateLimited,
+    RemoteUnavailable,
+)
+from threadstore.testing import Emulator
+from tests.conftest import API_KEY
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, RemoteError),
+        (401, RemoteAuthError),
+        (403, RemoteAuthError),
+        (404, RemoteNotFound),
+        (408, RemoteUnavailable),
+        (429, RemoteRateLimited),
+        (500, RemoteUnavailable),
+        (502, RemoteUnavailable),
+    ],
+)
+@pytest.mark.parametrize("op", ["threads.create", "threads.delete"])
+def test_status_codes_become_typed_errors(
+    remote: DashScopeRemote, emulator: Emulator, status: int, error: type[RemoteError], op: str
+) -> None:
+    """Each HTTP status raises its error class carrying status_code and operation."""
+    tid = remote.create_thread().id
+    emulator.fail(op, status=status, times=1)
+    with pytest.raises(error) as info:
+        if op == "threads.create":
+            remote.create_thread()
+        else:
+            remote.delete_thread(tid)
+    assert type(info.value) is error
+    assert info.value.status_code == status
+    assert info.value.operation == op
+
+
+def test_429_on_delete_carries_retry_after(remote: DashScopeRemote, emulator: Emulator) -> None:
+    """A throttled delete exposes the server's Retry-After in seconds."""
+    tid = remote.create_thread().id
+    emulator.fail("threads.delete", status=429, retry_after=7, times=1)
+    with pytest.raises(RemoteRateLimited) as info:
+        remote.delete_thread(tid)
+    assert info.value.retry_after == 7
+    assert info.value.transient
+
+
+def test_timeout_and_dropped_connection_are_unavailable(emulator: Emulator) -> None:
+    """A hung request times out, and a dropped connection fails, both as RemoteUnavailable."""
+    remote = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=0.5)
+    tid = remote.create_thread().id
+    emulator.fail("threads.retrieve", hang=True, times=1)
+    with pytest.raises(RemoteUnavailable, match="timed out") as info:
+        remote.retrieve_thread(tid)
+    assert isinstance(info.value.__cause__, requests.Timeout)
+    emulator.fail("threads.delete", drop=True, times=1)
+    with pytest.raises(RemoteUnavailable):
+        remote.delete_thread(tid)
+    remote.delete_thread(tid)  # the pool recovers from the dropped connection
+    assert not emulator.thread_exists(tid)
+
+
+def test_unreachable_endpoint_is_unavailable() -> None:
+    """Nothing listening: RemoteUnavailable, not a requests exception."""
+    remote = DashScopeRemote(api_key=API_KEY, base_url="http://127.0.0.1:9/api/v1", timeout=2)
+    with pytest.raises(RemoteUnavailable, match="cannot reach"):
+        remote.create_thread()
+    with pytest.raises(RemoteUnavailable):
+        remote.delete_thread("thread_x")
+
+
+def test_the_api_key_never_shows_in_repr_or_errors(emulator: Emulator) -> None:
+    """Neither the remote's repr nor its error messages contain the key."""
+    remote = DashScopeRemote(api_key="sk-very-secret", base_url=emulator.url, timeout=2)
+    assert "sk-very-secret" not in repr(remote)
+    with pytest.raises(RemoteAuthError) as info:
+        remote.create_thread()
+    assert "sk-very-secret" not in str(info.value)
+
+
+def test_bad_timeout_is_a_config_error() -> None:
+    """A non-positive timeout is refused at construction."""
+    with pytest.raises(ConfigError):
+        DashScopeRemote(timeout=0)
