@@ -37,7 +37,9 @@ def test_downgrade_base_removes_every_table(db_url: str) -> None:
         left = set(inspect(engine).get_table_names()) - {"alembic_version"}
         assert left == set()
         db.upgrade(engine)
-        assert {"threads", "messages", "runs", "deletions"} <= set(inspect(engine).get_table_names())
+        assert {"threads", "messages", "runs", "deletions"} <= set(
+            inspect(engine).get_table_names()
+        )
     finally:
         engine.dispose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from tests.conftest import API_KEY
 
 from threadstore import (
     ConfigError,
@@ -15,7 +16,6 @@ from threadstore import (
     RemoteUnavailable,
 )
 from threadstore.testing import Emulator
-from tests.conftest import API_KEY
 
 
 @pytest.mark.parametrize(
@@ -38,11 +38,9 @@ def test_status_codes_become_typed_errors(
     """Each HTTP status raises its error class carrying status_code and operation."""
     tid = remote.create_thread().id
     emulator.fail(op, status=status, times=1)
+    call = remote.create_thread if op == "threads.create" else lambda: remote.delete_thread(tid)
     with pytest.raises(error) as info:
-        if op == "threads.create":
-            remote.create_thread()
-        else:
-            remote.delete_thread(tid)
+        call()
     assert type(info.value) is error
     assert info.value.status_code == status
     assert info.value.operation == op

@@ -73,7 +73,8 @@ def test_message_update_and_run_mirror_and_move_last_active(
     time.sleep(0.01)
     run = store.run(t.thread_id, assistant_id="asst_demo", poll_interval=0.05)
     assert run.status == "completed"
-    assert run.total_tokens and run.total_tokens == run.prompt_tokens + run.completion_tokens
+    assert run.total_tokens
+    assert run.total_tokens == (run.prompt_tokens or 0) + (run.completion_tokens or 0)
     assert [m.role for m in run.messages] == ["assistant"]
     assert store.runs(t.thread_id)[0].total_tokens == run.total_tokens
     assert [m.role for m in store.messages(t.thread_id)] == ["user", "assistant"]
@@ -91,7 +92,8 @@ def test_failed_run_is_mirrored_with_its_error(store: ThreadStore, emulator: Emu
 
 
 @pytest.mark.parametrize(
-    ("status", "error"), [(500, RemoteUnavailable), (429, RemoteRateLimited), (503, RemoteUnavailable)]
+    ("status", "error"),
+    [(500, RemoteUnavailable), (429, RemoteRateLimited), (503, RemoteUnavailable)],
 )
 def test_remote_failure_on_create_leaves_no_local_trace(
     store: ThreadStore, emulator: Emulator, status: int, error: type[Exception]
@@ -116,7 +118,9 @@ def test_remote_failure_on_message_changes_nothing(store: ThreadStore, emulator:
     assert store.get_thread(t.thread_id).last_active == before.last_active
 
 
-def test_remote_failure_on_update_keeps_old_metadata(store: ThreadStore, emulator: Emulator) -> None:
+def test_remote_failure_on_update_keeps_old_metadata(
+    store: ThreadStore, emulator: Emulator
+) -> None:
     """A 500 on update_thread keeps the mirrored metadata unchanged."""
     t = store.create_thread(metadata={"v": 1})
     emulator.fail("threads.update", status=500, times=1)
@@ -179,7 +183,9 @@ def test_unknown_thread_raises_thread_not_found(store: ThreadStore, emulator: Em
     assert emulator.count() == 0
 
 
-def test_bad_input_is_refused_before_any_remote_call(store: ThreadStore, emulator: Emulator) -> None:
+def test_bad_input_is_refused_before_any_remote_call(
+    store: ThreadStore, emulator: Emulator
+) -> None:
     """Non-JSON metadata, bad roles and bad TTLs raise ConfigError and call nothing."""
     with pytest.raises(ConfigError):
         store.create_thread(metadata={"when": datetime.now(timezone.utc)})
@@ -191,7 +197,7 @@ def test_bad_input_is_refused_before_any_remote_call(store: ThreadStore, emulato
     with pytest.raises(ConfigError):
         store.add_message(t.thread_id, "x", metadata={"bad": {1, 2}})
     with pytest.raises(ConfigError):
-        store.touch(t.thread_id, at=datetime(2020, 1, 1))  # naive  # noqa: DTZ001
+        store.touch(t.thread_id, at=datetime(2020, 1, 1))  # naive
     assert emulator.count() == 1  # only the one good create
 
 
@@ -206,7 +212,11 @@ def test_delete_thread_removes_remote_then_local(store: ThreadStore, emulator: E
     assert _count(store, messages) == 0
     with store.engine.connect() as conn:
         row = conn.execute(select(deletions)).mappings().one()
-    assert (row["thread_id"], row["reason"], row["remote_result"]) == (t.thread_id, "manual", "deleted")
+    assert (row["thread_id"], row["reason"], row["remote_result"]) == (
+        t.thread_id,
+        "manual",
+        "deleted",
+    )
     assert row["message_count"] == 1
 
 
@@ -222,7 +232,9 @@ def test_failed_remote_delete_keeps_the_row(store: ThreadStore, emulator: Emulat
     assert not emulator.thread_exists(t.thread_id)
 
 
-def test_delete_of_remotely_vanished_thread_completes(store: ThreadStore, emulator: Emulator) -> None:
+def test_delete_of_remotely_vanished_thread_completes(
+    store: ThreadStore, emulator: Emulator
+) -> None:
     """A 404 on delete means already gone: the local row goes too."""
     t = store.create_thread()
     emulator.fail("threads.delete", status=404, times=1)

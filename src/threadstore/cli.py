@@ -8,18 +8,31 @@ retry, 2 bad usage or configuration — never a traceback unless ``-v``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import json
 import logging
+import os
+import re
+import signal
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import click
 
 from . import __version__, db
+from . import export as export_module
+from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
+from .schedule import parse_duration, run_blocking
+from .stats import thread_counts
 from .store import ThreadStore
+from .testing.emulator import Emulator
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,17 +88,94 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _setup_logging(verbosity: int) -> None:
+_BEARER = re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Formats a record, then masks ``Bearer …`` tokens and the DashScope API key.
+
+    Applied to the whole formatted line (message, arguments and traceback), so a
+    request or error that some library logs can never put the key on stderr.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _BEARER.sub(r"\1***", super().format(record))
+        key = os.environ.get("DASHSCOPE_API_KEY", "").strip()
+        if len(key) >= 8:  # a shorter "key" would mask ordinary words
+            text = text.replace(key, "***")
+        return text
+
+
+def _setup_logging(verbosity: int) -> Callable[[], None]:
+    """Log threadstore's records to stderr; returns a function that undoes it.
+
+    The undo runs when the command ends, so a program or test that invokes the
+    CLI in-process gets its ``threadstore`` logger back as it was.
+    """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("threadstore")
+    saved = (root.handlers[:], root.level, root.propagate)
+
+    def restore() -> None:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
+
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    return restore
+
+
+class _OneLineErrors(click.Group):
+    """The top-level group: usage errors are one line on stderr with exit 2.
+
+    Click would print the usage block, a hint and the error (four lines); a
+    script's log wants one. Any unexpected exception is one line too, with the
+    traceback only at ``-v``.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            fail(" ".join(exc.format_message().split()) + hint, EXIT_USAGE)
+        except click.ClickException as exc:
+            fail(" ".join(exc.format_message().split()), exc.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_FAILED)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # The last line of defence of "never a traceback": a bug, or a foreign
+        # error nobody translated, is one line too (the traceback at -v). Caught
+        # here, while the command's logging set-up is still in place.
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if log.isEnabledFor(logging.INFO):
+                log.exception("unexpected error")
+            first = (str(exc).strip().splitlines() or [""])[0]
+            fail(f"unexpected {type(exc).__name__}: {first} (-v shows the traceback)", EXIT_FAILED)
+            raise  # unreachable: fail() exits
 
 
 @click.group(
+    cls=_OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -117,7 +207,7 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
     failed and were kept for retry, 2 bad usage or configuration.
     """
     verbosity = -1 if quiet else verbose
-    _setup_logging(verbosity)
+    ctx.call_on_close(_setup_logging(verbosity))
     ctx.obj = Context(db_url, verbosity)
 
 
@@ -236,12 +326,12 @@ def demo_command(obj: Context, demo_db: str | None) -> None:
       threadstore demo
       threadstore demo --db postgresql://postgres@127.0.0.1/scratch
     """
-    from .demo import run_demo
-
-    ctx = click.get_current_context()
-    group = ctx.find_root()
-    from_command_line = group.get_parameter_source("db_url") == click.core.ParameterSource.COMMANDLINE
-    url = demo_db or (obj.db_url if from_command_line else None)
+    # THREADSTORE_DATABASE_URL names the user's real store: only an explicit --db counts.
+    source = click.get_current_context().find_root().get_parameter_source("db_url")
+    url = demo_db or (obj.db_url if source is click.core.ParameterSource.COMMANDLINE else None)
+    if obj.verbosity <= 0:
+        # The demo narrates the sweep's outcome itself; its log warnings would repeat it.
+        logging.getLogger("threadstore").setLevel(logging.ERROR)
     run_demo(url, out=click.echo)
 
 
@@ -283,11 +373,6 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
       export DASHSCOPE_HTTP_BASE_URL=http://127.0.0.1:8089/api/v1 DASHSCOPE_API_KEY=test-key
       threadstore sweep --days 7      # in another shell: sweeps against the emulator
     """
-    import signal
-    import threading
-
-    from .testing.emulator import Emulator
-
     emu = Emulator(api_key=api_key or None, port=port, latency=latency_ms / 1000.0,
                    verbose=obj.verbosity > 0)
     try:
@@ -311,6 +396,594 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
     finally:
         emu.stop()
     click.echo("emulator stopped", err=True)
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+@cli.command("verify")
+@click.option("--fix", is_flag=True, help="Remove the local rows of threads that vanished.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Threads checked at once.",
+)
+@click.option(
+    "--max-rps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most this many DashScope requests per second.",
+)
+@pass_ctx
+@handle_errors
+def verify_command(
+    obj: Context, fix: bool, as_json: bool, concurrency: int, max_rps: float | None
+) -> None:
+    """Compare the mirror with DashScope: find mirrored threads that no longer exist.
+
+    Retrieves every mirrored thread. Ids that DashScope answers 404 for are
+    printed on stdout (one per line); with --fix their local rows are removed
+    and logged in the deletions table (reason "vanished"). Threads that could
+    not be checked (5xx, 429, timeouts) are reported as unknown and never fixed.
+
+    \b
+    Exit status: 0 no drift, or all of it fixed; 1 drift remains or some
+    threads could not be checked; 2 bad usage, configuration or API key.
+
+    \b
+    Examples:
+      threadstore verify
+      threadstore verify --fix --max-rps 20
+      threadstore verify --json > drift.json
+    """
+    with obj.store() as store:
+        report = store.verify(fix=fix, concurrency=concurrency, max_rps=max_rps)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for thread_id in report.missing:
+            click.echo(thread_id)
+        if obj.verbosity >= 0:
+            for thread_id, error in report.errors:
+                click.echo(f"unknown: {thread_id}: {error}", err=True)
+            click.echo(
+                f"checked {report.checked} threads: {len(report.missing)} missing on DashScope, "
+                f"{report.fixed} fixed, {len(report.errors)} unknown ({report.elapsed:.1f} s)",
+                err=True,
+            )
+    if not report.clean:
+        sys.exit(EXIT_FAILED)
+
+
+@db_group.command("rotate-key")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Rows re-encrypted per transaction.",
+)
+@pass_ctx
+@handle_errors
+def db_rotate_key(obj: Context, batch_size: int) -> None:
+    """Re-encrypt stored messages and metadata with THREADSTORE_ENCRYPTION_KEY.
+
+    Rows written with a key listed in THREADSTORE_ENCRYPTION_OLD_KEYS
+    (comma-separated) are re-encrypted with the current key; plain rows of a
+    store that had no key before are encrypted. Safe to interrupt and rerun.
+    Switch every writer to the new key (keeping the old one in
+    THREADSTORE_ENCRYPTION_OLD_KEYS) before rotating; drop the old keys after.
+
+    \b
+    Example:
+      THREADSTORE_ENCRYPTION_KEY=$NEW THREADSTORE_ENCRYPTION_OLD_KEYS=$OLD \\
+        threadstore db rotate-key
+    """
+    with obj.store() as store:
+        rewritten = store.rotate_key(batch_size=batch_size)
+    if obj.verbosity >= 0:
+        click.echo(f"re-encrypted {rewritten} rows with the current key", err=True)
+
+
+# ---------------------------------------------------------------------------- sweep, schedule
+
+
+class _Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A duration such as ``30s``, ``15m``, ``1h``, ``1d``."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _older_than(days: float | None, hours: float | None) -> timedelta:
+    if (days is None) == (hours is None):
+        raise click.UsageError("give exactly one of --days N or --hours N")
+    return timedelta(days=days) if days is not None else timedelta(hours=hours or 0)
+
+
+def _sweep_options(fn: F) -> F:
+    """The options that ``sweep`` and ``schedule`` share."""
+    for option in reversed(
+        [
+            click.option("--days", type=click.FloatRange(min=0, min_open=True),
+                         help="Expire threads idle for more than N days."),
+            click.option("--hours", type=click.FloatRange(min=0, min_open=True),
+                         help="Expire threads idle for more than N hours."),
+            click.option("--limit", type=click.IntRange(min=1), default=None,
+                         help="Delete at most N threads in one sweep."),
+            click.option("--concurrency", type=click.IntRange(1, 256), default=16,
+                         show_default=True, help="Remote deletes in flight at once."),
+            click.option("--max-rps", type=click.FloatRange(min=0, min_open=True),
+                         default=None, help="At most X DashScope deletes per second."),
+            click.option("--lease", "lease_seconds", type=click.IntRange(min=1), default=300,
+                         show_default=True, metavar="SECONDS",
+                         help="How long a claimed thread stays reserved for this sweeper; "
+                              "a crashed sweeper's threads are retried after it."),
+            click.option("--archive", type=click.Path(dir_okay=False, writable=True),
+                         default=None, metavar="FILE",
+                         help="Append each deleted thread, with its messages and runs, "
+                              "to FILE as one JSON line."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+class _ProgressLine:
+    """``swept 120/400`` rewritten in place on a terminal's stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            click.echo(f"\rswept {done}/{total}", err=True, nl=False)
+            self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@cli.command(
+    "sweep",
+    epilog="""\b
+Examples:
+  threadstore sweep --days 7 --dry-run           # list what would expire
+  threadstore sweep --days 30 --archive old.jsonl --json > report.json
+  threadstore --db postgresql://app@db/threads sweep --hours 12 --max-rps 20
+""",
+)
+@_sweep_options
+@click.option("--dry-run", is_flag=True, help="Only list (stdout) what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@pass_ctx
+@handle_errors
+def sweep_command(
+    obj: Context,
+    days: float | None,
+    hours: float | None,
+    limit: int | None,
+    concurrency: int,
+    max_rps: float | None,
+    lease_seconds: int,
+    archive: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete threads idle longer than --days/--hours (or their own TTL).
+
+    Each expired thread is deleted on DashScope first; its local row, messages
+    and runs go only once the delete is confirmed (or DashScope says 404).
+    Pinned threads never expire. A failed delete is kept, with a backoff, for
+    the next sweep. Several sweepers may run at once against one database.
+
+    \b
+    Exit status: 0 all expired threads deleted; 1 some deletions failed and
+    were kept for retry; 2 bad usage, configuration or API key.
+    """
+    older_than = _older_than(days, hours)
+    progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
+    with obj.store() as store:
+        try:
+            report = store.sweep(
+                older_than,
+                dry_run=dry_run,
+                limit=limit,
+                concurrency=concurrency,
+                max_rps=max_rps,
+                lease=timedelta(seconds=lease_seconds),
+                archive=archive,
+                progress=progress,
+            )
+        finally:
+            progress.end()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif dry_run:
+        for thread_id in report.would_delete:
+            click.echo(thread_id)
+    if obj.verbosity >= 0:
+        for thread_id, error in report.failed[:20]:
+            click.echo(f"kept for retry: {thread_id}: {error}", err=True)
+        if len(report.failed) > 20:
+            click.echo(f"... and {len(report.failed) - 20} more", err=True)
+        click.echo(f"sweep: {report.summary()}", err=True)
+    if report.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command(
+    "schedule",
+    epilog="""\b
+Examples:
+  threadstore schedule --days 7 --every 1h
+  threadstore --db postgresql://app@db/threads schedule --hours 12 --every 15m --max-rps 20
+""",
+)
+@_sweep_options
+@click.option("--every", type=_Duration(), default="1h", show_default=True,
+              help="Time between sweeps: 30s, 15m, 1h, 1d.")
+@pass_ctx
+@handle_errors
+def schedule_command(
+    obj: Context,
+    days: float | None,
+    hours: float | None,
+    limit: int | None,
+    concurrency: int,
+    max_rps: float | None,
+    lease_seconds: int,
+    archive: str | None,
+    every: timedelta,
+) -> None:
+    """Sweep now and then every --every, until Ctrl-C or SIGTERM.
+
+    Each run is logged on stderr. A failed run (DashScope down, a refused key)
+    is logged and the schedule goes on. Run it on as many hosts as you like:
+    sweepers claim disjoint threads.
+    """
+    older_than = _older_than(days, hours)
+    if obj.verbosity >= 0:
+        logging.getLogger("threadstore.schedule").setLevel(logging.INFO)
+    stop = threading.Event()
+    options: dict[str, Any] = {
+        "limit": limit,
+        "concurrency": concurrency,
+        "max_rps": max_rps,
+        "lease": timedelta(seconds=lease_seconds),
+        "archive": archive,
+        "stop": stop,
+    }
+    with obj.store() as store:
+        run_blocking(lambda: store.sweep(older_than, **options), every=every, stop=stop)
+
+
+# ---------------------------------------------------------------------------- export, stats, list
+
+
+class _DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """``YYYY-MM-DD`` or full ISO 8601; a value without an offset is UTC."""
+
+    name = "date"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            text = str(value).strip()
+            if text[-1:] in ("Z", "z"):  # fromisoformat before 3.11 does not take "Z"
+                text = text[:-1] + "+00:00"
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                self.fail(
+                    f"{value!r} is not a date: use YYYY-MM-DD or ISO 8601 "
+                    "(e.g. 2026-01-02T03:04:05Z)",
+                    param,
+                    ctx,
+                )
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed
+
+
+DATETIME = _DateTimeParam()
+PROGRESS_EVERY = 100_000
+
+
+def _when(value: datetime | None) -> str:
+    """A timestamp for tables: UTC, to the second."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _jsonable(value: Any) -> Any:
+    """Records (dataclasses) as JSON-ready values: ISO 8601 UTC, TTLs in seconds."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+@cli.command("export")
+@click.argument(
+    "table", type=click.Choice(export_module.TABLES), default="threads", required=False
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(export_module.FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="Output format (parquet needs pip install 'threadstore[parquet]').",
+)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    metavar="FILE|-",
+    help="Write to FILE (replaced only once complete); '-' is stdout (the default).",
+)
+@click.option("--since", type=DATETIME, help="From this time on (inclusive); naive = UTC.")
+@click.option("--until", type=DATETIME, help="Before this time (exclusive); naive = UTC.")
+@click.option("--workspace", metavar="W", help="Only threads of this DashScope workspace.")
+@click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
+@click.option("--redact", is_flag=True, help="Blank message text and metadata values.")
+@pass_ctx
+@handle_errors
+def export_command(
+    obj: Context,
+    table: str,
+    fmt: str,
+    output: str,
+    since: datetime | None,
+    until: datetime | None,
+    workspace: str | None,
+    user_id: str | None,
+    redact: bool,
+) -> None:
+    """Stream TABLE (threads, messages, runs or deletions; default threads) out.
+
+    threads has one row per thread with its message and run counts and token
+    sums. --since/--until filter on last_active (threads), created_at (messages,
+    runs) or deleted_at (deletions); dates are YYYY-MM-DD or ISO 8601. Memory
+    stays flat however many rows; a row count goes to stderr every 100,000
+    rows on a terminal (or with -v), a summary line at the end.
+
+    \b
+    Examples:
+      threadstore export messages --format csv -o messages.csv
+      threadstore export threads --since 2026-01-01 --user u1 | jq .
+      threadstore export messages --format parquet --redact -o messages.parquet
+    """
+    to_stdout = output == "-"
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        fail("parquet is binary: refusing to write it to a terminal (use -o FILE or redirect)")
+    target: Any = output
+    if to_stdout:
+        target = sys.stdout.buffer if fmt == "parquet" else sys.stdout
+    show = obj.verbosity > 0 or (obj.verbosity == 0 and sys.stderr.isatty())
+    mark = [PROGRESS_EVERY]
+
+    def progress(rows: int) -> None:
+        if show and rows >= mark[0]:
+            click.echo(f"{rows:,} {table} exported...", err=True)
+            mark[0] = rows - rows % PROGRESS_EVERY + PROGRESS_EVERY
+
+    where = "stdout" if to_stdout else output
+    try:
+        with obj.store() as store:
+            rows = store.export(
+                target,
+                table=table,
+                fmt=fmt,
+                since=since,
+                until=until,
+                workspace=workspace,
+                user_id=user_id,
+                redact=redact,
+                progress=progress,
+            )
+        if to_stdout:
+            target.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as other tools do.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        fail(f"cannot write the export to {where}: {exc.strerror or exc}", EXIT_FAILED)
+    if obj.verbosity >= 0:
+        click.echo(f"exported {rows:,} {table} to {where}", err=True)
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with stable keys on stdout.")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Idle days after which a thread counts as expired (as sweep --days).",
+)
+@pass_ctx
+@handle_errors
+def stats_command(obj: Context, as_json: bool, days: float) -> None:
+    """Counts to check before and after a sweep, or for a monitor to scrape.
+
+    Threads (total, active, expired and waiting for a sweep, pinned, being
+    deleted, being created), failed deletions waiting for a retry (with the
+    oldest error and the earliest retry time), messages, runs, token sums,
+    and deletions in the last day and week.
+
+    \b
+    Examples:
+      threadstore stats
+      threadstore stats --days 30 --json
+    """
+    with obj.store() as store:
+        stats = store.stats(older_than=timedelta(days=days))
+    data = stats.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        shown = "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+        click.echo(f"{key.ljust(width)}  {shown}")
+
+
+@cli.command("list")
+@click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
+@click.option("--workspace", metavar="W", help="Only threads of this DashScope workspace.")
+@click.option(
+    "--inactive-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only threads idle for more than this many days.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N threads."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) on stdout.")
+@pass_ctx
+@handle_errors
+def list_command(
+    obj: Context,
+    user_id: str | None,
+    workspace: str | None,
+    inactive_days: float | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List mirrored threads, most recently active first.
+
+    \b
+    Examples:
+      threadstore list --user u1
+      threadstore list --inactive-days 30 --limit 200
+    """
+    inactive = timedelta(days=inactive_days) if inactive_days is not None else None
+    with obj.store() as store:
+        found = store.list_threads(
+            user_id=user_id, workspace=workspace, inactive_for=inactive, limit=limit
+        )
+        counts = thread_counts(store.engine, [t.thread_id for t in found])
+    if as_json:
+        items = [
+            {**_jsonable(t), "message_count": counts[t.thread_id].messages,
+             "run_count": counts[t.thread_id].runs}
+            for t in found
+        ]
+        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+    if not found:
+        if obj.verbosity >= 0:
+            click.echo("no threads match", err=True)
+        return
+    rows = [
+        [
+            t.thread_id,
+            t.user_id or "-",
+            _when(t.last_active),
+            str(counts[t.thread_id].messages),
+            "pinned" if t.pinned else f"ttl {_span(t.ttl)}" if t.ttl else "-",
+        ]
+        for t in found
+    ]
+    _table(["THREAD ID", "USER", "LAST ACTIVE (UTC)", "MESSAGES", "PIN/TTL"], rows)
+
+
+@cli.command("show")
+@click.argument("thread_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@pass_ctx
+@handle_errors
+def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
+    """Show a mirrored thread with its messages and runs.
+
+    \b
+    Examples:
+      threadstore show thread_0123abcd
+      threadstore show thread_0123abcd --json | jq '.messages[].content'
+    """
+    with obj.store() as store:
+        thread = store.get_thread(thread_id)
+        items = store.messages(thread_id)
+        done = store.runs(thread_id)
+    if as_json:
+        runs_out = [{k: v for k, v in _jsonable(r).items() if k != "messages"} for r in done]
+        data = {"thread": _jsonable(thread), "messages": _jsonable(items), "runs": runs_out}
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    fields = [
+        ("thread", thread.thread_id),
+        ("user", thread.user_id or "-"),
+        ("workspace", thread.workspace or "-"),
+        ("created", _when(thread.created_at)),
+        ("last active", _when(thread.last_active)),
+        ("pinned", "yes" if thread.pinned else "no"),
+        ("ttl", _span(thread.ttl) if thread.ttl else "-"),
+        ("metadata", json.dumps(thread.metadata, ensure_ascii=False)),
+    ]
+    if thread.attempts:
+        fields += [
+            ("delete attempts", str(thread.attempts)),
+            ("last error", thread.last_error or "-"),
+            ("next attempt", _when(thread.next_attempt_at)),
+        ]
+    for key, value in fields:
+        click.echo(f"{key:<16}{value}")
+    click.echo(f"\nmessages ({len(items)}):")
+    for m in items:
+        text = m.content.replace("\n", "\n" + " " * 6)
+        click.echo(f"  {_when(m.created_at)} {m.role}: {text}")
+    click.echo(f"\nruns ({len(done)}):")
+    for r in done:
+        tokens = (
+            f" tokens {r.prompt_tokens}+{r.completion_tokens}={r.total_tokens}"
+            if r.total_tokens is not None
+            else ""
+        )
+        error = f" error: {r.last_error}" if r.last_error else ""
+        click.echo(
+            f"  {_when(r.created_at)} {r.run_id} {r.status} {r.assistant_id or '-'} "
+            f"{r.model or '-'}{tokens}{error}"
+        )
 
 
 def main() -> None:

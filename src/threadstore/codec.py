@@ -10,9 +10,17 @@ Reading an encrypted value without the key, or with the wrong key, raises
 :class:`~threadstore.errors.ConfigError`; it never returns garbage.
 
 Key rotation: set ``THREADSTORE_ENCRYPTION_KEY`` to the new key and
-``THREADSTORE_ENCRYPTION_OLD_KEYS`` to the old ones (comma-separated); values
-written with an old key stay readable, and ``threadstore db rotate-key``
-re-encrypts every row with the new key, after which the old keys can go.
+``THREADSTORE_ENCRYPTION_OLD_KEYS`` to the old ones (comma-separated) in every
+process that writes to the store; values written with an old key stay readable.
+Then ``threadstore db rotate-key`` (:meth:`ThreadStore.rotate_key`) re-encrypts
+every row with the new key, in batches of short transactions, after which the old
+keys can go. The same command encrypts the plain rows of a store that had no key
+before. It can be interrupted and rerun: rows already under the new key are
+skipped.
+
+Text containing NUL (``\\x00``) is refused with ConfigError on every backend:
+PostgreSQL's ``text`` cannot hold it, and a store must behave the same whatever
+its database.
 """
 
 from __future__ import annotations
@@ -23,14 +31,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Column, Connection, Table, select, update
 
 from .errors import ConfigError
 
 __all__ = ["PREFIX", "Codec"]
 
 PREFIX = "fernet:"
+# Plain text that happens to start with a prefix is stored escaped behind this one,
+# so a message reading "fernet:…" is never mistaken for a token.
+PLAIN_PREFIX = "plain:"
 ENV_KEY = "THREADSTORE_ENCRYPTION_KEY"
 ENV_OLD_KEYS = "THREADSTORE_ENCRYPTION_OLD_KEYS"
+
+
+def refuse_nul(value: str | None, what: str) -> None:
+    """ConfigError if ``value`` contains NUL, which PostgreSQL text cannot store."""
+    if value is not None and "\x00" in value:
+        raise ConfigError(f"{what} must not contain NUL (\\x00) characters")
 
 
 def _fernet(key: str, what: str) -> Fernet:
@@ -47,8 +65,10 @@ class Codec:
 
     def __init__(self, key: str | None = None, old_keys: tuple[str, ...] = ()) -> None:
         self._fernet: MultiFernet | None = None
+        self._primary: Fernet | None = None
         if key:
-            keys = [_fernet(key, ENV_KEY)]
+            self._primary = _fernet(key, ENV_KEY)
+            keys = [self._primary]
             keys += [_fernet(k, ENV_OLD_KEYS) for k in old_keys if k.strip()]
             self._fernet = MultiFernet(keys)
 
@@ -65,10 +85,12 @@ class Codec:
 
     def encode_text(self, value: str) -> str:
         if self._fernet is None:
-            return value
+            return PLAIN_PREFIX + value if value.startswith((PREFIX, PLAIN_PREFIX)) else value
         return PREFIX + self._fernet.encrypt(value.encode("utf-8")).decode("ascii")
 
     def decode_text(self, stored: str) -> str:
+        if stored.startswith(PLAIN_PREFIX):
+            return stored[len(PLAIN_PREFIX) :]
         if not stored.startswith(PREFIX):
             return stored
         if self._fernet is None:
@@ -86,6 +108,57 @@ class Codec:
     def rotate_text(self, stored: str) -> str:
         """Re-encrypt a stored value with the current key (plain text gets encrypted)."""
         return self.encode_text(self.decode_text(stored))
+
+    def is_current(self, stored: str) -> bool:
+        """True if ``stored`` is already as this codec would write it (no rotation due)."""
+        if self._primary is None:
+            return not stored.startswith(PREFIX)
+        if not stored.startswith(PREFIX):
+            return False
+        try:
+            self._primary.decrypt(stored[len(PREFIX) :].encode("ascii"))
+        except InvalidToken:
+            return False
+        return True
+
+    def rotate_page(
+        self,
+        conn: Connection,
+        table: Table,
+        key: Column[Any],
+        columns: tuple[Column[Any], ...],
+        *,
+        after: str | None,
+        limit: int,
+    ) -> tuple[str | None, int]:
+        """Re-encrypt one page of ``table`` (ordered by ``key``, after ``after``).
+
+        Returns the last key of the page (None when the table is done) and how many
+        rows were rewritten. Each row is updated only if its values are unchanged
+        since they were read, so a concurrent writer's newer value is never lost.
+        """
+        if self._fernet is None:
+            raise ConfigError(f"set {ENV_KEY} to the key to encrypt with")
+        query = select(key, *columns).order_by(key).limit(limit)
+        if after is not None:
+            query = query.where(key > after)
+        rows = conn.execute(query).all()
+        rewritten = 0
+        for row in rows:
+            old = {c.name: row._mapping[c.name] for c in columns}
+            new = {
+                name: self.rotate_text(value)
+                for name, value in old.items()
+                if value is not None and not self.is_current(value)
+            }
+            if not new:
+                continue
+            unchanged = [table.c[name] == old[name] for name in new]
+            done = conn.execute(
+                update(table).where(key == row._mapping[key.name], *unchanged).values(**new)
+            )
+            rewritten += done.rowcount
+        return (rows[-1]._mapping[key.name] if len(rows) == limit else None), rewritten
 
     # -- JSON
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 import textwrap
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
+from . import db
 from .errors import ConfigError, ThreadNotFound, ThreadStoreError
 from .models import messages, threads, utcnow
 from .remote import DashScopeRemote
@@ -44,9 +46,15 @@ DEMO_API_KEY = "sk-threadstore-demo"
 IDLE_FOR = timedelta(days=10)
 SWEEP_AFTER = timedelta(days=7)
 ASSISTANT_ID = "asst_demo_helpdesk"
+RETRY_BASE = 0.5
+"""The demo's sweep backoff before the first retry, in seconds (the default is 2 s)."""
 MAX_RETRY_WAIT = 30.0
 """Longest the demo waits for the first retry of a failed delete to become due (s)."""
 
+_STATS_SHOWN = (
+    "threads", "threads_active", "threads_expired", "threads_pinned", "threads_creating",
+    "messages", "runs", "total_tokens", "failed_deletions", "deletions_total",
+)
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -64,6 +72,9 @@ class DemoSummary:
     retried: tuple[str, ...]
     exported_rows: int
     elapsed: float
+
+
+_ID = re.compile(r"(thread|message|run|asst)_\w{12,}$")
 
 
 def _short(thread_id: str) -> str:
@@ -104,18 +115,6 @@ def _no_proxy_for_loopback() -> Iterator[None]:
                 os.environ[name] = old
 
 
-def _flatten(prefix: str, value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _flatten(f"{prefix}.{key}" if prefix else str(key), item)
-    elif isinstance(value, datetime):
-        yield f"{prefix}={value:%Y-%m-%d %H:%M:%S}"
-    elif isinstance(value, float):
-        yield f"{prefix}={value:g}"
-    else:
-        yield f"{prefix}={value}"
-
-
 def run_demo(
     db_url: str | None = None,
     *,
@@ -148,7 +147,9 @@ def run_demo(
                         f"the demo needs an empty database, and {db_url!r} holds {present} "
                         "thread(s): it would sweep them (omit --db to use a temporary file)"
                     )
-            summary = _walk(store, emu, url, workdir, out, max_retry_wait, cleanup=db_url is not None)
+            summary = _walk(
+                store, emu, url, workdir, out, max_retry_wait, cleanup=db_url is not None
+            )
     elapsed = time.monotonic() - started
     out("")
     out(f"Done in {elapsed:.1f} s. Next: README.md (library, cron, export, PostgreSQL).")
@@ -193,11 +194,10 @@ def _walk(
     # ------------------------------------------------------------------ 1
     title("Start the DashScope emulator and open the store")
     say(f"emulator  {emu.url}  (the real dashscope SDK talks to it)")
-    file_note = ""
+    say(f"store     {db.safe_url(store.engine.url)}")
     if store.engine.url.get_backend_name() == "sqlite" and store.engine.url.database:
         mode = Path(store.engine.url.database).stat().st_mode & 0o777
-        file_note = f"  (file mode {mode:04o}: owner only)"
-    say(f"store     {store!r}{file_note}")
+        say(f"          a SQLite file of mode {mode:04o}: readable by its owner only")
 
     # ------------------------------------------------------------------ 2
     title("Create threads for three users")
@@ -211,7 +211,8 @@ def _walk(
     created = []
     for user, topic, question in plan:
         record = store.create_thread(
-            user_id=user, metadata={"topic": topic}, messages=[{"role": "user", "content": question}]
+            user_id=user, metadata={"topic": topic},
+            messages=[{"role": "user", "content": question}],
         )
         created.append(record)
         say(f"{user:<6} {record.thread_id}  topic={topic}")
@@ -224,7 +225,7 @@ def _walk(
     # ------------------------------------------------------------------ 3
     title("Add a message and run an assistant")
     talk = created[0].thread_id
-    store.add_message(talk, "It shows two payments of 9.90 on the 3rd.")
+    store.add_message(talk, "I see two payments on the 3rd.")
     run = store.run(talk, assistant_id=ASSISTANT_ID)
     reply = run.messages[-1].content if run.messages else ""
     say(f"run {_short(run.run_id)} {run.status}: {run.total_tokens} tokens; reply {reply!r}")
@@ -236,17 +237,17 @@ def _walk(
         ).scalar_one()
     say(f"mirrored: {len(mirrored)} messages; at rest the text reads {raw[:26]}…")
     explain(
-        "Messages and runs (with token usage) are mirrored and move the thread's last_active "
-        "(promise 4). With THREADSTORE_ENCRYPTION_KEY set, text and metadata are encrypted at "
-        "rest; here a throwaway key is used (promise 6)."
+        "Messages and runs (with token usage) are mirrored and move last_active (promise 4); "
+        "encrypted at rest with THREADSTORE_ENCRYPTION_KEY, a throwaway key here (promise 6)."
     )
 
     # ------------------------------------------------------------------ 4
     title("Stats: threadstore stats")
-    stats = store.stats()
-    pairs = list(_flatten("", stats.to_dict()))
-    for line in textwrap.wrap("  ".join(pairs), 90):
+    counts = store.stats().to_dict()
+    shown = [f"{key}={counts[key]}" for key in _STATS_SHOWN if key in counts]
+    for line in textwrap.wrap("  ".join(shown), 90):
         say(line)
+    explain("`threadstore stats --json` has more (failed deletions, oldest error) for monitors.")
 
     # ------------------------------------------------------------------ 5
     title("Let time pass: four threads idle for 10 days, one of them pinned")
@@ -256,17 +257,16 @@ def _walk(
     pinned = created[-1].thread_id
     store.pin(pinned)
     say(f"store.touch(tid, at=now - 10 days) on 4 threads; store.pin({_short(pinned)})")
-    explain(
-        "Activity extends life; a pinned thread never expires. Alice's first thread stays "
-        "recent because of the run above."
-    )
+    explain("Activity extends life (alice's first thread just ran); pinned never expires.")
 
     # ------------------------------------------------------------------ 6
     title("Sweep threads idle for more than 7 days; DashScope fails one delete")
     victim = created[3].thread_id
     emu.fail("threads.delete", status=500, thread_id=victim, times=1)
     say(f"(emulator: the next DELETE of {_short(victim)} answers HTTP 500)")
-    first = store.sweep(older_than=SWEEP_AFTER)
+    say(f"store.sweep(older_than=timedelta(days=7), retry_base={RETRY_BASE})"
+        "  # = threadstore sweep --days 7")
+    first = store.sweep(older_than=SWEEP_AFTER, retry_base=RETRY_BASE)
     _report(first, say)
     expected = {t.thread_id for t in created[1:4]}
     for thread_id in sorted(expected, key=lambda tid: tid == victim):
@@ -275,16 +275,15 @@ def _walk(
             "two deleted, the failing one kept")
     _expect(emu.thread_exists(pinned), "the pinned thread is never swept")
     explain(
-        "Remote first, local after: a row is deleted only once DashScope confirmed the delete "
-        "(or said 404, already gone). A 5xx, 429 or timeout keeps the row with its error and a "
-        "retry time (promise 3); a 401 stops the sweep at once."
+        "Remote first: a row goes only once DashScope confirmed (or said 404). A 5xx, 429 or "
+        "timeout keeps it with its error and a retry time (promise 3); a 401 stops the sweep."
     )
 
     # ------------------------------------------------------------------ 7
     title("Sweep again once the retry is due")
     kept = store.get_thread(victim)
     _wait_until_due(kept.next_attempt_at, max_retry_wait, say)
-    second = store.sweep(older_than=SWEEP_AFTER)
+    second = store.sweep(older_than=SWEEP_AFTER, retry_base=RETRY_BASE)
     _report(second, say)
     _show_thread(store, emu, victim, say)
     _expect(second.deleted == 1 and not second.failed, "the kept thread is deleted on retry")
@@ -301,8 +300,8 @@ def _walk(
     with path.open(newline="", encoding="utf-8") as fh:
         head = [row for _, row in zip(range(4), csv.reader(fh), strict=False)]
     for row in head:
-        say(",".join(row))
-    say(f"({rows} rows; the deletions log exports the same way: export deletions)")
+        say(",".join(_short(cell) if _ID.match(cell) else cell for cell in row))
+    say(f"({rows} rows, ids shortened here; `export deletions` gives the deletion log)")
 
     if cleanup:
         for record in store.list_threads():
@@ -332,18 +331,21 @@ def _show_thread(
     store: ThreadStore, emu: Emulator, thread_id: str, say: Callable[[str], None]
 ) -> None:
     """One line: what DashScope answered to the deletes, and what happened locally."""
-    answers = [status for op, tid, status in emu.calls if op == "threads.delete" and tid == thread_id]
+    answers = [s for op, tid, s in emu.calls if op == "threads.delete" and tid == thread_id]
     remote = ", ".join(f"DELETE→{s}" for s in answers) or "not called"
     try:
         record = store.get_thread(thread_id)
     except ThreadNotFound:
-        local = "local row deleted"
+        pass
     else:
         when = record.next_attempt_at
-        retry = f", retry after {when:%H:%M:%S}" if when is not None else ""
-        error = (record.last_error or "").split(" (request_id")[0]
-        local = f"local row KEPT: attempts={record.attempts}{retry}; {error}"
-    say(f"{_short(thread_id)}  remote {remote} → {local}")
+        due = f", retry in {(when - utcnow()).total_seconds():.1f} s" if when else ""
+        error = (record.last_error or "").split(" (request_id")[0].replace(f" for {thread_id}", "")
+        kept = f"local row KEPT: attempts={record.attempts}{due}"
+        say(f"{_short(thread_id)}  remote {remote} → {kept}")
+        say(f"  last_error: {error}")
+        return
+    say(f"{_short(thread_id)}  remote {remote} → local row deleted")
 
 
 def _wait_until_due(
@@ -356,6 +358,8 @@ def _wait_until_due(
     if delay <= 0:
         return
     if delay > max_wait:
-        raise DemoError(f"the sweep's first retry is {delay:.0f} s away; the demo waits {max_wait:g} s")
-    say(f"(waiting {delay:.1f} s: the sweep backs off before retrying a failed delete)")
+        raise DemoError(
+            f"the sweep's first retry is {delay:.0f} s away; the demo waits {max_wait:g} s at most"
+        )
+    say(f"(waiting {delay:.1f} s: retries back off from retry_base seconds, doubling, jittered)")
     time.sleep(delay + 0.05)

@@ -17,9 +17,11 @@ back as a whole. Database errors surface as :class:`~threadstore.errors.StoreErr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,11 +30,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .codec import Codec
+from .codec import Codec, refuse_nul
 from .errors import (
     ConfigError,
     RemoteError,
@@ -42,6 +53,8 @@ from .errors import (
     ThreadExpired,
     ThreadNotFound,
 )
+from .export import Progress
+from .export import export as export_table
 from .models import (
     MessageRecord,
     RunRecord,
@@ -52,7 +65,19 @@ from .models import (
     utcnow,
 )
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
-from .sweep import claim_thread, release_thread, remove_local
+from .stats import DEFAULT_OLDER_THAN, Stats
+from .stats import compute as compute_stats
+from .sweep import (
+    RETRY_BASE,
+    SweepReport,
+    check_sweep_options,
+    claim_thread,
+    release_thread,
+    remove_local,
+    sweep_expired,
+)
+from .sweep import Progress as SweepProgress
+from .verify import VerifyReport, verify_mirror
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -75,7 +100,12 @@ def _check_ttl(ttl: timedelta | None) -> timedelta | None:
 
 
 def _check_id(thread_id: str) -> str:
-    if not isinstance(thread_id, str) or not thread_id or len(thread_id) > 64:
+    if (
+        not isinstance(thread_id, str)
+        or not thread_id
+        or len(thread_id) > 64
+        or "\x00" in thread_id  # PostgreSQL text cannot hold it; no id has one
+    ):
         raise ThreadNotFound(str(thread_id)[:80], f"not a thread id: {str(thread_id)[:80]!r}")
     return thread_id
 
@@ -91,11 +121,27 @@ def _check_messages(items: Sequence[Mapping[str, Any]] | None) -> list[dict[str,
     for item in items or ():
         if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
             raise ConfigError("each message must be a mapping with a string 'content'")
+        refuse_nul(item["content"], "message content")
         role = item.get("role", "user")
         if role not in _ROLES:
             raise ConfigError(f"message role must be 'user' or 'assistant', not {role!r}")
         checked.append({**item, "role": role})
     return checked
+
+
+# create_thread runs these two on every call: built once, bound per call.
+_INSERT_INTENT = insert(threads)
+_ACTIVATE_INTENT = (
+    update(threads)
+    .where(threads.c.thread_id == bindparam("intent_id"))
+    .values(
+        thread_id=bindparam("new_id"),
+        status="active",
+        created_at=bindparam("p_created_at"),
+        last_active=bindparam("p_last_active"),
+        ttl_expires_at=bindparam("p_ttl_expires_at"),
+    )
+)
 
 
 class ThreadStore:
@@ -132,6 +178,7 @@ class ThreadStore:
         if migrate:
             try:
                 db.upgrade(self.engine)
+                self._check_key()
             except Exception:
                 if self._owns_engine:
                     self.engine.dispose()
@@ -289,7 +336,7 @@ class ThreadStore:
         rows = [self._message_values(m, thread_id) for m in items if m.id not in known]
         # DashScope stamps messages in milliseconds, so a batch can share one
         # stamp; nudge ties by microseconds to keep the remote order on read.
-        for prev, row in zip(rows, rows[1:]):
+        for prev, row in itertools.pairwise(rows):
             if row["created_at"] <= prev["created_at"]:
                 row["created_at"] = prev["created_at"] + timedelta(microseconds=1)
         if rows:
@@ -318,21 +365,22 @@ class ThreadStore:
         ttl = _check_ttl(ttl)
         if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 255):
             raise ConfigError("user_id must be a string of at most 255 characters")
+        refuse_nul(user_id, "user_id")
+        refuse_nul(workspace, "workspace")
         intent_id = f"creating_{uuid.uuid4().hex}"
         now = utcnow()
+        intent = {
+            "thread_id": intent_id,
+            "workspace": workspace,
+            "user_id": user_id,
+            "created_at": now,
+            "last_active": now,
+            "metadata": stored_meta,
+            "status": "creating",
+            "ttl_seconds": int(ttl.total_seconds()) if ttl else None,
+        }
         with self._write() as conn:
-            conn.execute(
-                insert(threads).values(
-                    thread_id=intent_id,
-                    workspace=workspace,
-                    user_id=user_id,
-                    created_at=now,
-                    last_active=now,
-                    metadata=stored_meta,
-                    status="creating",
-                    ttl_seconds=int(ttl.total_seconds()) if ttl else None,
-                )
-            )
+            conn.execute(_INSERT_INTENT, intent)
         try:
             remote = self.remote.create_thread(
                 messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
@@ -345,26 +393,35 @@ class ThreadStore:
             if initial:
                 first = self._fetch_messages(remote.id, workspace=workspace, after=None)
             now = utcnow()
+            values = {
+                "intent_id": intent_id,
+                "new_id": remote.id,
+                "p_created_at": remote.created_at or now,
+                "p_last_active": now,
+                "p_ttl_expires_at": now + ttl if ttl else None,
+            }
             with self._write() as conn:
-                values = {
-                    "thread_id": remote.id,
-                    "status": "active",
-                    "created_at": remote.created_at or now,
-                    "last_active": now,
-                    "ttl_expires_at": now + ttl if ttl else None,
-                }
-                done = conn.execute(
-                    update(threads).where(threads.c.thread_id == intent_id).values(**values)
-                )
+                done = conn.execute(_ACTIVATE_INTENT, values)
                 if done.rowcount != 1:
                     raise StoreError(f"the intent row for {remote.id} vanished")
                 self._insert_new_messages(conn, remote.id, first)
-                row = self._row(conn, remote.id)
         except BaseException as exc:
             self._compensate(remote.id, workspace, exc)
             self._drop_intent(intent_id)
             raise
         log.debug("created thread %s for user %s", remote.id, user_id)
+        row = {
+            **intent,
+            "thread_id": remote.id,
+            "status": "active",
+            "created_at": values["p_created_at"],
+            "last_active": now,
+            "ttl_expires_at": values["p_ttl_expires_at"],
+            "pinned": False,
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": None,
+        }
         return self._thread(row)
 
     def _drop_intent(self, intent_id: str) -> None:
@@ -424,6 +481,7 @@ class ThreadStore:
         """Add a message on DashScope, then mirror it and move ``last_active``."""
         if not isinstance(content, str):
             raise ConfigError("message content must be a string")
+        refuse_nul(content, "message content")
         if role not in _ROLES:
             raise ConfigError(f"message role must be 'user' or 'assistant', not {role!r}")
         self.codec.dumps(metadata)
@@ -749,6 +807,76 @@ class ThreadStore:
                 conn, thread_id, reason="manual", remote_result=result, owner=self.owner
             )
 
+    # ------------------------------------------------------------------ verify, keys
+
+    def verify(
+        self,
+        *,
+        fix: bool = False,
+        concurrency: int = 8,
+        max_rps: float | None = None,
+        limit: int | None = None,
+    ) -> VerifyReport:
+        """Ask DashScope for every mirrored thread; report (with ``fix``: drop) vanished ones.
+
+        Only a 404 counts as vanished; transient errors are reported in ``errors``
+        and never fixed. Raises :class:`~threadstore.errors.RemoteAuthError` when
+        the key is refused (nothing fixed). See :mod:`threadstore.verify`.
+        """
+        return verify_mirror(
+            self.engine,
+            self.remote,
+            owner=self.owner,
+            fix=fix,
+            concurrency=concurrency,
+            max_rps=max_rps,
+            limit=limit,
+        )
+
+    def rotate_key(self, *, batch_size: int = 500) -> int:
+        """Re-encrypt every stored message and metadata value with the current key.
+
+        Values under an old key (``THREADSTORE_ENCRYPTION_OLD_KEYS``) or in plain
+        text are rewritten; values already under the current key are skipped, so an
+        interrupted rotation can simply be rerun. One transaction per batch of
+        ``batch_size`` rows. Returns the number of rows rewritten.
+        """
+        if not self.codec.encrypts:
+            raise ConfigError("set THREADSTORE_ENCRYPTION_KEY to the key to encrypt with")
+        if batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        total = 0
+        for table, key, columns in (
+            (threads, threads.c.thread_id, (threads.c.metadata,)),
+            (messages, messages.c.message_id, (messages.c.content, messages.c.metadata)),
+        ):
+            after: str | None = None
+            while True:
+                with self._write() as conn:
+                    after, rewritten = self.codec.rotate_page(
+                        conn, table, key, columns, after=after, limit=batch_size
+                    )
+                total += rewritten
+                if after is None:
+                    break
+        log.info("re-encrypted %d rows with the current key", total)
+        return total
+
+    def _check_key(self) -> None:
+        """Fail at open, not at the first read, if the key cannot read this store.
+
+        Decodes the newest thread metadata and message content (two indexed
+        lookups): a missing or wrong key raises ConfigError here.
+        """
+        with self._read() as conn:
+            for query in (
+                select(threads.c.metadata).order_by(threads.c.last_active.desc()).limit(1),
+                select(messages.c.content).order_by(messages.c.created_at.desc()).limit(1),
+            ):
+                stored = conn.execute(query).scalar()
+                if stored is not None:
+                    self.codec.decode_text(stored)
+
     # ------------------------------------------------------------------ sweep, export, stats
 
     def sweep(
@@ -761,9 +889,45 @@ class ThreadStore:
         max_rps: float | None = None,
         lease: timedelta = timedelta(minutes=5),
         archive: str | Path | IO[str] | None = None,
-    ) -> Any:
-        """Delete threads idle longer than ``older_than`` (or their own TTL)."""
-        raise NotImplementedError
+        retry_base: float = RETRY_BASE,
+        progress: SweepProgress | None = None,
+        stop: threading.Event | None = None,
+    ) -> SweepReport:
+        """Delete threads idle longer than ``older_than`` (or than their own TTL).
+
+        DashScope first, the local row (with messages and runs) only once the
+        delete is confirmed or answered 404; pinned threads never. ``concurrency``
+        remote deletes run at once, at most ``max_rps`` per second; rows are
+        claimed with a ``lease`` so that any number of sweepers can run at once.
+        A failed delete stays with a backoff (``retry_base`` seconds, doubling)
+        and is reported in ``failed``. ``archive`` (a path or text file) receives
+        one JSON line per deleted thread with its messages and runs. ``dry_run``
+        only reports what would be deleted. ``progress(done, total)`` follows
+        along; setting ``stop`` ends the sweep cleanly.
+
+        Raises :class:`~threadstore.errors.RemoteAuthError` when DashScope refuses
+        the key: the sweep stops at once and gives every claimed row back.
+        See :mod:`threadstore.sweep`.
+        """
+        report = sweep_expired(
+            self.engine,
+            self.remote,
+            older_than=older_than,
+            owner=self.owner,
+            codec=self.codec,
+            dry_run=dry_run,
+            limit=limit,
+            concurrency=concurrency,
+            max_rps=max_rps,
+            lease=lease,
+            archive=archive,
+            retry_base=retry_base,
+            progress=progress,
+            stop=stop,
+        )
+        if report.auth_error is not None:
+            raise report.auth_error
+        return report
 
     def export(
         self,
@@ -776,19 +940,63 @@ class ThreadStore:
         workspace: str | None = None,
         user_id: str | None = None,
         redact: bool = False,
+        progress: Progress | None = None,
     ) -> int:
-        """Stream a table of the mirror to a file; returns the rows written."""
-        raise NotImplementedError
+        """Stream a table of the mirror to a file; returns the rows written.
 
-    def stats(self) -> Any:
-        """Counts for humans and monitors."""
-        raise NotImplementedError
+        ``table`` is ``threads`` (with message/run counts and token sums),
+        ``messages``, ``runs`` or ``deletions``; ``fmt`` is ``jsonl``, ``csv`` or
+        ``parquet`` (needs pyarrow). ``since`` (inclusive) and ``until``
+        (exclusive) are aware datetimes filtering on the table's natural time;
+        ``workspace``/``user_id`` select whose rows. ``redact`` blanks message
+        text and metadata values. ``path_or_file`` is a path (replaced only once
+        the export is complete) or an open file object. Memory stays flat: rows
+        stream from a server-side cursor in batches. See :mod:`threadstore.export`.
+        """
+        return export_table(
+            self.engine,
+            path_or_file,
+            codec=self.codec,
+            table=table,
+            fmt=fmt,
+            since=since,
+            until=until,
+            workspace=workspace,
+            user_id=user_id,
+            redact=redact,
+            progress=progress,
+        )
+
+    def stats(self, *, older_than: timedelta = DEFAULT_OLDER_THAN) -> Stats:
+        """Counts for humans and monitors: threads (expired by ``older_than``),
+        failed deletions, messages, runs, tokens, recent deletions."""
+        with self._read() as conn:
+            return compute_stats(conn, older_than=older_than)
 
     def start_sweeper(
         self,
         older_than: timedelta,
         every: timedelta = timedelta(hours=1),
+        *,
+        jitter: float | None = None,
+        run_now: bool = True,
         **sweep_options: Any,
     ) -> BackgroundScheduler:
-        """Run :meth:`sweep` every ``every`` in a background scheduler."""
-        raise NotImplementedError
+        """Run :meth:`sweep` every ``every`` in a background APScheduler; returns it running.
+
+        ``sweep_options`` are :meth:`sweep`'s keyword options. The first sweep runs
+        at once (``run_now=False``: after one interval); ``jitter`` seconds of
+        random delay (default: a tenth of ``every``, at most 5 min) spread hosts
+        apart. Each run is logged on ``threadstore.schedule``; a failed run is
+        logged and the schedule goes on. Stop it with ``scheduler.shutdown()``.
+        """
+        # Refuse bad options now rather than in a log line an hour from now.
+        check_sweep_options(older_than, **sweep_options)
+        from . import schedule  # noqa: PLC0415 - APScheduler only for those who schedule
+
+        return schedule.start_background(
+            lambda: self.sweep(older_than, **sweep_options),
+            every=every,
+            jitter=jitter,
+            run_now=run_now,
+        )

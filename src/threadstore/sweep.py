@@ -3,24 +3,123 @@
 This module holds the primitives that every deletion path shares (claiming a
 thread with a lease, finishing it locally with a deletion-log entry, releasing
 it for a retry) and the expiry sweep built on them.
+
+How a sweep runs (:func:`sweep_expired`, used through ``ThreadStore.sweep``):
+
+1. **Claim** a batch of expired rows in one short transaction: they get this
+   sweep's ``lease_owner`` and a ``lease_expires_at``. PostgreSQL and MySQL select
+   the ids ``FOR UPDATE SKIP LOCKED`` and update them in the same transaction;
+   SQLite's write transactions begin ``IMMEDIATE`` (one writer at a time) and
+   claim with ``UPDATE … RETURNING``. Any number of sweepers, in any number of
+   processes, therefore claim disjoint rows.
+2. **Delete remotely**, concurrently (a thread pool, optionally paced to
+   ``max_rps``). No database transaction is open during a remote call. The next
+   batch is claimed while the current one is still in flight, so the pool never
+   idles at batch boundaries.
+3. **Finish locally** in batches, one transaction per batch: a confirmed delete or
+   a 404 removes the row with its messages and runs (archived first if asked) and
+   appends it to the ``deletions`` log — but only where the lease is still ours.
+   A transient failure releases the row with its attempt count, error and a
+   backoff (``next_attempt_at``); an auth failure stops the sweep at once and
+   releases every lease it holds without counting an attempt.
+
+A sweeper that dies leaves leased rows behind; when the lease ends they are
+claimable again, and a remote thread it had already deleted answers 404 to the
+next sweeper, which completes the local delete. At no point is a local row
+removed before DashScope confirmed that its thread is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import random
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    delete,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
+from . import db
+from .codec import Codec
+from .errors import (
+    ConfigError,
+    RemoteAuthError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteRateLimited,
+    StoreError,
+    ThreadStoreError,
+)
 from .models import deletions, messages, runs, threads, utcnow
+from .remote import Remote
 
-__all__ = ["claim_thread", "lease_is_live", "release_thread", "remove_local"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "RETRY_BASE",
+    "RateLimiter",
+    "SweepReport",
+    "check_sweep_options",
+    "claim_thread",
+    "expired_condition",
+    "lease_is_live",
+    "release_thread",
+    "remove_local",
+    "retry_delay",
+    "sweep_expired",
+]
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE = 2.0
+"""Seconds before the first retry of a failed remote delete (doubled per attempt)."""
+MAX_RETRY_DELAY = 3600.0
+"""No failed delete waits longer than this for its next attempt."""
+MAX_PAUSE = 30.0
+"""Longest pause of the whole sweep that a 429's ``Retry-After`` can impose."""
+FLUSH_INTERVAL = 0.25
+"""Seconds a finished remote delete may wait for its batch's local transaction."""
+
+Progress = Callable[[int, int], None]
 
 
-def lease_is_live(now: datetime | None = None) -> Any:
+# --------------------------------------------------------------------------- primitives
+
+
+def lease_is_live(now: datetime | None = None) -> ColumnElement[bool]:
     """SQL condition: the row is claimed by some deleter right now."""
     now = now or utcnow()
     return and_(threads.c.lease_owner.is_not(None), threads.c.lease_expires_at > now)
+
+
+def _lease_is_free(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        threads.c.lease_owner.is_(None),
+        threads.c.lease_expires_at.is_(None),
+        threads.c.lease_expires_at <= now,
+    )
 
 
 def claim_thread(conn: Connection, thread_id: str, *, owner: str, lease: timedelta) -> bool:
@@ -29,13 +128,7 @@ def claim_thread(conn: Connection, thread_id: str, *, owner: str, lease: timedel
     result = conn.execute(
         update(threads)
         .where(threads.c.thread_id == thread_id, threads.c.status == "active")
-        .where(
-            or_(
-                threads.c.lease_owner.is_(None),
-                threads.c.lease_expires_at <= now,
-                threads.c.lease_owner == owner,
-            )
-        )
+        .where(or_(_lease_is_free(now), threads.c.lease_owner == owner))
         .values(lease_owner=owner, lease_expires_at=now + lease)
     )
     return result.rowcount == 1
@@ -76,39 +169,819 @@ def remove_local(
 
     Only call this once the remote thread is confirmed gone. With
     ``require_lease`` the row is removed only while ``owner`` still holds its
-    lease (a sweeper whose lease ran out must not finish someone else's claim).
-    Returns the removed thread row, or None if nothing was removed.
+    lease (a deleter whose lease ran out and was taken over must not finish
+    someone else's claim). Returns the removed thread row, or None if nothing
+    was removed.
     """
-    query = select(threads).where(threads.c.thread_id == thread_id)
+    removed = _remove_many(
+        conn,
+        {thread_id: remote_result},
+        reason=reason,
+        owner=owner,
+        require_lease=require_lease,
+    )
+    return removed[0] if removed else None
+
+
+def _remove_many(
+    conn: Connection,
+    results: Mapping[str, str],
+    *,
+    reason: str,
+    owner: str | None,
+    require_lease: bool = True,
+    archive: _Archive | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`remove_local` for many threads at once (a handful of statements in all).
+
+    ``results`` maps thread id to remote result (``deleted`` / ``already_gone``).
+    With ``archive``, each removed thread is written to it, with its messages and
+    runs, before anything is deleted.
+    """
+    if not results:
+        return []
+    ids = list(results)
+    query = select(threads).where(threads.c.thread_id.in_(ids))
     if require_lease:
         query = query.where(threads.c.lease_owner == owner)
-    row = conn.execute(query).mappings().first()
-    if row is None:
-        return None
-    n_messages = conn.execute(
-        select(func.count()).select_from(messages).where(messages.c.thread_id == thread_id)
-    ).scalar_one()
-    n_runs = conn.execute(
-        select(func.count()).select_from(runs).where(runs.c.thread_id == thread_id)
-    ).scalar_one()
+    # Lock the rows we are about to remove (PostgreSQL/MySQL; SQLite's
+    # IMMEDIATE transaction already excludes every other writer).
+    rows = [dict(r) for r in conn.execute(query.with_for_update()).mappings()]
+    if not rows:
+        return []
+    ids = [r["thread_id"] for r in rows]
+    if archive is not None:
+        n_messages, n_runs = archive.write(conn, rows, results)
+    else:
+        n_messages = _counts(conn, messages, ids)
+        n_runs = _counts(conn, runs, ids)
     # Children explicitly: ON DELETE CASCADE needs foreign keys on, which a
     # database shared with other tools may not have.
-    conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
-    conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
-    conn.execute(delete(threads).where(threads.c.thread_id == thread_id))
+    conn.execute(delete(messages).where(messages.c.thread_id.in_(ids)))
+    conn.execute(delete(runs).where(runs.c.thread_id.in_(ids)))
+    conn.execute(delete(threads).where(threads.c.thread_id.in_(ids)))
+    now = utcnow()
     conn.execute(
-        insert(deletions).values(
-            thread_id=thread_id,
-            workspace=row["workspace"],
-            user_id=row["user_id"],
-            created_at=row["created_at"],
-            last_active=row["last_active"],
-            deleted_at=utcnow(),
-            reason=reason,
-            remote_result=remote_result,
-            message_count=n_messages,
-            run_count=n_runs,
-            deleted_by=owner,
+        insert(deletions),
+        [
+            {
+                "thread_id": r["thread_id"],
+                "workspace": r["workspace"],
+                "user_id": r["user_id"],
+                "created_at": r["created_at"],
+                "last_active": r["last_active"],
+                "deleted_at": now,
+                "reason": reason,
+                "remote_result": results[r["thread_id"]],
+                "message_count": n_messages.get(r["thread_id"], 0),
+                "run_count": n_runs.get(r["thread_id"], 0),
+                "deleted_by": owner,
+            }
+            for r in rows
+        ],
+    )
+    return rows
+
+
+def _counts(conn: Connection, table: Any, ids: Sequence[str]) -> dict[str, int]:
+    query = (
+        select(table.c.thread_id, func.count())
+        .where(table.c.thread_id.in_(ids))
+        .group_by(table.c.thread_id)
+    )
+    return {tid: int(n) for tid, n in conn.execute(query)}
+
+
+def expired_condition(*, now: datetime, cutoff: datetime) -> ColumnElement[bool]:
+    """SQL condition: an active, unpinned thread whose idle time is up.
+
+    A thread with its own TTL expires when ``ttl_expires_at`` has passed ``now``;
+    one without expires when ``last_active`` is before ``cutoff``.
+    """
+    return and_(
+        threads.c.status == "active",
+        threads.c.pinned.is_(False),
+        or_(
+            and_(threads.c.ttl_seconds.is_not(None), threads.c.ttl_expires_at < now),
+            and_(threads.c.ttl_seconds.is_(None), threads.c.last_active < cutoff),
+        ),
+    )
+
+
+def _not_backing_off(started: datetime) -> ColumnElement[bool]:
+    # Compared with the sweep's start, not the clock: a delete that failed during
+    # this sweep is never retried by the same sweep, however short its backoff.
+    return or_(threads.c.next_attempt_at.is_(None), threads.c.next_attempt_at <= started)
+
+
+def retry_delay(
+    attempts: int,
+    *,
+    base: float = RETRY_BASE,
+    cap: float = MAX_RETRY_DELAY,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until the next try after ``attempts`` earlier failures.
+
+    Exponential (``base * 2**attempts``, at most ``cap``) with "equal jitter" —
+    between half and all of it — so that rows which failed together do not all
+    come back in the same second; never less than the server's ``retry_after``.
+    """
+    delay = min(cap, base * 2.0 ** min(attempts, 40))
+    delay = delay / 2 + (rng or random).uniform(0, delay / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class RateLimiter:
+    """Spaces calls at least ``1/max_rps`` apart, across threads; ``None`` = no limit.
+
+    :meth:`pause` holds every caller back for a while (a 429's ``Retry-After``).
+    """
+
+    def __init__(self, max_rps: float | None) -> None:
+        self.interval = 1.0 / max_rps if max_rps else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Wait for a slot; False if ``stop`` was set meanwhile."""
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        delay = slot - now
+        if stop is None:
+            if delay > 0:
+                time.sleep(delay)
+            return True
+        if delay > 0:
+            return not stop.wait(delay)
+        return not stop.is_set()
+
+    def pause(self, seconds: float) -> None:
+        """Let no call start in the next ``seconds``."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What a sweep did.
+
+    * ``expired`` — expired threads this sweep claimed (in a dry run: would claim);
+    * ``deleted`` — deleted remotely (confirmed) and then locally;
+    * ``already_gone`` — DashScope answered 404; removed locally;
+    * ``failed`` — ``(thread_id, error)`` for deletes that failed and were kept,
+      with a backoff, for a later sweep;
+    * ``skipped`` — expired threads left alone: waiting for a retry after an
+      earlier failure, claimed by another deleter, or not reached because the
+      sweep stopped;
+    * ``lease_lost`` — deleted remotely, but the lease had been taken over by
+      another deleter, which completes the local delete;
+    * ``archived`` — threads written to the archive file;
+    * ``elapsed`` — seconds;
+    * ``stopped_by_auth`` — DashScope refused the key; ``error`` says how;
+    * ``interrupted`` — stopped on request before the end;
+    * ``would_delete`` — in a dry run, the ids that would be deleted.
+    """
+
+    expired: int = 0
+    deleted: int = 0
+    already_gone: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+    lease_lost: int = 0
+    archived: int = 0
+    stopped_by_auth: bool = False
+    interrupted: bool = False
+    error: str | None = None
+    would_delete: tuple[str, ...] = ()
+    auth_error: RemoteAuthError | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and the sweep was not stopped."""
+        return not self.failed and not self.stopped_by_auth and not self.interrupted
+
+    def summary(self) -> str:
+        """One line for humans."""
+        if self.dry_run:
+            return (
+                f"dry run: {self.expired} expired thread(s) would be deleted, "
+                f"{self.skipped} skipped ({self.elapsed:.2f} s)"
+            )
+        text = (
+            f"{self.expired} expired: {self.deleted} deleted, {self.already_gone} already gone, "
+            f"{len(self.failed)} failed (kept for retry), {self.skipped} skipped"
+        )
+        if self.lease_lost:
+            text += f", {self.lease_lost} handed over"
+        if self.archived:
+            text += f", {self.archived} archived"
+        text += f" in {self.elapsed:.2f} s"
+        if self.stopped_by_auth:
+            text += f"; stopped: {self.error}"
+        elif self.interrupted:
+            text += "; interrupted"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``threadstore sweep --json``)."""
+        data = asdict(self)
+        data.pop("auth_error")
+        data["failed"] = [{"thread_id": tid, "error": err} for tid, err in self.failed]
+        data["would_delete"] = list(self.would_delete)
+        data["elapsed"] = round(self.elapsed, 3)
+        data["ok"] = self.ok
+        return data
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class _Archive:
+    """Appends one JSON line per removed thread: the thread, its messages and runs."""
+
+    def __init__(self, target: str | Path | IO[str], codec: Codec) -> None:
+        self.codec = codec
+        self.count = 0
+        self._owned: IO[str] | None = None
+        if isinstance(target, str | Path):
+            path = Path(target).expanduser()
+            try:
+                # 0600 when we create it: the archive holds whole conversations.
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR
+                )
+            except OSError as exc:
+                raise ConfigError(
+                f"cannot open archive file {str(target)!r}: {exc.strerror}"
+            ) from exc
+            self._owned = os.fdopen(fd, "a", encoding="utf-8")
+            self.file: IO[str] = self._owned
+        else:
+            self.file = target
+
+    def write(
+        self, conn: Connection, rows: Sequence[Mapping[str, Any]], results: Mapping[str, str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Write ``rows`` (read inside the deleting transaction); returns their counts."""
+        ids = [r["thread_id"] for r in rows]
+        by_thread: dict[str, list[dict[str, Any]]] = {tid: [] for tid in ids}
+        runs_of: dict[str, list[dict[str, Any]]] = {tid: [] for tid in ids}
+        for m in conn.execute(
+            select(messages)
+            .where(messages.c.thread_id.in_(ids))
+            .order_by(messages.c.created_at, messages.c.message_id)
+        ).mappings():
+            by_thread[m["thread_id"]].append(
+                {
+                    "message_id": m["message_id"],
+                    "role": m["role"],
+                    "content": self.codec.decode_text(m["content"]),
+                    "created_at": _iso(m["created_at"]),
+                    "run_id": m["run_id"],
+                    "assistant_id": m["assistant_id"],
+                    "metadata": self.codec.decode_json(m["metadata"]),
+                }
+            )
+        for r in conn.execute(
+            select(runs).where(runs.c.thread_id.in_(ids)).order_by(runs.c.created_at)
+        ).mappings():
+            runs_of[r["thread_id"]].append(
+                {k: _iso(v) for k, v in r.items() if k != "thread_id"}
+            )
+        lines = []
+        deleted_at = utcnow().isoformat()
+        for row in rows:
+            tid = row["thread_id"]
+            thread = {
+                "thread_id": tid,
+                "user_id": row["user_id"],
+                "workspace": row["workspace"],
+                "created_at": _iso(row["created_at"]),
+                "last_active": _iso(row["last_active"]),
+                "metadata": self.codec.decode_json(row["metadata"]),
+                "pinned": bool(row["pinned"]),
+                "ttl_seconds": row["ttl_seconds"],
+            }
+            record = {
+                "thread": thread,
+                "messages": by_thread[tid],
+                "runs": runs_of[tid],
+                "deleted_at": deleted_at,
+                "remote_result": results[tid],
+            }
+            lines.append(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        try:
+            self.file.write("".join(lines))
+            self.file.flush()
+        except OSError as exc:
+            # The transaction rolls back and the rows stay; their remote threads are
+            # gone, so the next sweep sees a 404 and archives them then.
+            raise ConfigError(f"cannot write the archive: {exc.strerror or exc}") from exc
+        self.count += len(rows)
+        return (
+            {tid: len(items) for tid, items in by_thread.items()},
+            {tid: len(items) for tid, items in runs_of.items()},
+        )
+
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    thread_id: str
+    workspace: str | None
+    attempts: int
+    deadline: float  # time.monotonic() after which we no longer start its remote delete
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    item: _Claimed
+    kind: str  # deleted | already_gone | retry | auth | unattempted
+    error: RemoteError | ThreadStoreError | None = None
+    error_text: str | None = None
+
+
+@contextlib.contextmanager
+def _write(engine: Engine) -> Iterator[Connection]:
+    try:
+        with db.write(engine) as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database write failed during the sweep: {db._short(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _read(engine: Engine) -> Iterator[Connection]:
+    try:
+        with db.read(engine) as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed during the sweep: {db._short(exc)}") from exc
+
+
+def _claim(
+    conn: Connection,
+    *,
+    owner: str,
+    lease: timedelta,
+    size: int,
+    cutoff: datetime,
+    started: datetime,
+) -> list[tuple[str, str | None, int]]:
+    """Lease up to ``size`` claimable expired rows to ``owner``: (id, workspace, attempts)."""
+    now = utcnow()
+    candidates = (
+        select(threads.c.thread_id)
+        .where(
+            expired_condition(now=started, cutoff=cutoff),
+            _not_backing_off(started),
+            _lease_is_free(now),
+        )
+        .order_by(threads.c.last_active, threads.c.thread_id)
+        .limit(size)
+    )
+    values = {"lease_owner": owner, "lease_expires_at": now + lease}
+    columns = (threads.c.thread_id, threads.c.workspace, threads.c.attempts)
+    if conn.dialect.name == "sqlite" and conn.dialect.update_returning:
+        # One statement under the IMMEDIATE transaction's write lock (SQLite >= 3.35).
+        result = conn.execute(
+            update(threads)
+            .where(threads.c.thread_id.in_(candidates.scalar_subquery()))
+            .values(**values)
+            .returning(*columns)
+        )
+        return [(r[0], r[1], int(r[2])) for r in result]
+    if conn.dialect.name == "sqlite":
+        ids = list(conn.execute(candidates).scalars())
+    else:
+        # Rows another sweeper is claiming right now are skipped, not waited for.
+        ids = list(conn.execute(candidates.with_for_update(skip_locked=True)).scalars())
+    if not ids:
+        return []
+    conn.execute(update(threads).where(threads.c.thread_id.in_(ids)).values(**values))
+    rows = conn.execute(select(*columns).where(threads.c.thread_id.in_(ids)))
+    return [(r[0], r[1], int(r[2])) for r in rows]
+
+
+def _count_blocked(conn: Connection, *, cutoff: datetime, started: datetime) -> int:
+    """Expired rows that this sweep must leave alone: backing off, or leased."""
+    query = (
+        select(func.count())
+        .select_from(threads)
+        .where(
+            expired_condition(now=started, cutoff=cutoff),
+            not_(and_(_not_backing_off(started), _lease_is_free(utcnow()))),
         )
     )
-    return dict(row)
+    return int(conn.execute(query).scalar_one())
+
+
+def _check_options(
+    older_than: timedelta,
+    *,
+    limit: int | None,
+    concurrency: int,
+    max_rps: float | None,
+    lease: timedelta,
+    retry_base: float,
+) -> None:
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, not {limit!r}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be a positive integer, not {concurrency!r}")
+    if max_rps is not None and (not isinstance(max_rps, int | float) or max_rps <= 0):
+        raise ConfigError(f"max_rps must be a positive number or None, not {max_rps!r}")
+    if not isinstance(lease, timedelta) or lease <= timedelta(0):
+        raise ConfigError(f"lease must be a positive timedelta, not {lease!r}")
+    if not isinstance(retry_base, int | float) or retry_base < 0:
+        raise ConfigError(f"retry_base must be a non-negative number, not {retry_base!r}")
+
+
+_OPTIONS = frozenset(
+    {"dry_run", "limit", "concurrency", "max_rps", "lease", "archive", "retry_base",
+     "progress", "stop"}
+)
+
+
+def check_sweep_options(older_than: timedelta, **options: Any) -> None:
+    """Validate sweep options up front (ConfigError; TypeError for unknown names)."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown sweep option(s): {', '.join(unknown)}")
+    _check_options(
+        older_than,
+        limit=options.get("limit"),
+        concurrency=options.get("concurrency", 16),
+        max_rps=options.get("max_rps"),
+        lease=options.get("lease", timedelta(minutes=5)),
+        retry_base=options.get("retry_base", RETRY_BASE),
+    )
+
+
+def sweep_expired(
+    engine: Engine,
+    remote: Remote,
+    *,
+    older_than: timedelta,
+    owner: str,
+    codec: Codec | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+    concurrency: int = 16,
+    max_rps: float | None = None,
+    lease: timedelta = timedelta(minutes=5),
+    archive: str | Path | IO[str] | None = None,
+    retry_base: float = RETRY_BASE,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> SweepReport:
+    """Delete every expired thread, remote first; see the module docstring.
+
+    ``owner`` names the deleter in leases and in the deletions log (a suffix makes
+    it unique to this sweep). ``progress(done, total)`` is called from the calling
+    thread as threads are finished; ``total`` is the number of claimable expired
+    threads counted at the start. Setting ``stop`` ends the sweep early and
+    cleanly: in-flight deletes finish, the rest is released.
+
+    An auth failure does not raise here: the report says ``stopped_by_auth`` and
+    carries the error in ``auth_error`` (``ThreadStore.sweep`` raises it).
+    """
+    _check_options(
+        older_than,
+        limit=limit,
+        concurrency=concurrency,
+        max_rps=max_rps,
+        lease=lease,
+        retry_base=retry_base,
+    )
+    clock = time.monotonic()
+    started = utcnow()
+    cutoff = started - older_than
+    with _read(engine) as conn:
+        blocked = _count_blocked(conn, cutoff=cutoff, started=started)
+        claimable = select(func.count()).select_from(threads).where(
+            expired_condition(now=started, cutoff=cutoff),
+            _not_backing_off(started),
+            _lease_is_free(utcnow()),
+        )
+        total = int(conn.execute(claimable).scalar_one())
+        if dry_run:
+            query = (
+                select(threads.c.thread_id)
+                .where(
+                    expired_condition(now=started, cutoff=cutoff),
+                    _not_backing_off(started),
+                    _lease_is_free(utcnow()),
+                )
+                .order_by(threads.c.last_active, threads.c.thread_id)
+            )
+            if limit is not None:
+                query = query.limit(limit)
+            ids = tuple(conn.execute(query).scalars())
+    if dry_run:
+        return SweepReport(
+            expired=len(ids),
+            skipped=blocked + (total - len(ids)),
+            elapsed=time.monotonic() - clock,
+            dry_run=True,
+            would_delete=ids,
+        )
+    if limit is not None:
+        total = min(total, limit)
+    writer = _Archive(archive, codec or Codec()) if archive is not None else None
+    try:
+        run = _Sweep(
+            engine,
+            remote,
+            owner=f"{owner[:48]}:{uuid.uuid4().hex[:8]}",
+            codec=codec,
+            lease=lease,
+            limit=limit,
+            concurrency=concurrency,
+            limiter=RateLimiter(max_rps),
+            archive=writer,
+            retry_base=retry_base,
+            cutoff=cutoff,
+            started=started,
+            progress=progress,
+            total=total,
+            stop=stop or threading.Event(),
+        )
+        report = run.run()
+    finally:
+        if writer is not None:
+            writer.close()
+    report_skipped = blocked + report.skipped
+    final = SweepReport(
+        expired=report.expired,
+        deleted=report.deleted,
+        already_gone=report.already_gone,
+        failed=report.failed,
+        skipped=report_skipped,
+        elapsed=time.monotonic() - clock,
+        lease_lost=report.lease_lost,
+        archived=writer.count if writer is not None else 0,
+        stopped_by_auth=report.stopped_by_auth,
+        interrupted=report.interrupted,
+        error=report.error,
+        auth_error=report.auth_error,
+    )
+    # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
+    # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.
+    log.info("sweep (idle > %s): %s", older_than, final.summary())
+    return final
+
+
+class _Sweep:
+    """One sweep's state; the calling thread does all database work, workers only HTTP."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        remote: Remote,
+        *,
+        owner: str,
+        codec: Codec | None,
+        lease: timedelta,
+        limit: int | None,
+        concurrency: int,
+        limiter: RateLimiter,
+        archive: _Archive | None,
+        retry_base: float,
+        cutoff: datetime,
+        started: datetime,
+        progress: Progress | None,
+        total: int,
+        stop: threading.Event,
+    ) -> None:
+        self.engine = engine
+        self.remote = remote
+        self.owner = owner
+        self.codec = codec
+        self.lease = lease
+        self.limit = limit
+        self.concurrency = concurrency
+        self.limiter = limiter
+        self.archive = archive
+        self.retry_base = retry_base
+        self.cutoff = cutoff
+        self.started = started
+        self.progress = progress
+        self.total = total
+        self.stop = stop
+        self.batch = max(concurrency * 4, 64)
+        self.flush_size = max(concurrency * 2, 32)
+        # Remote deletes are started only in the first half of a lease, so that
+        # one started late still ends before another sweeper may claim the row.
+        self.start_window = lease.total_seconds() / 2
+        self.rng = random.Random()  # noqa: S311 - backoff jitter, not secret
+        self.claimed: set[str] = set()
+        self.deleted = 0
+        self.already_gone = 0
+        self.failed: list[tuple[str, str]] = []
+        self.lease_lost = 0
+        self.unattempted_at_stop = 0
+        self.done = 0
+        self.auth_error: RemoteAuthError | None = None
+
+    # -- worker side (thread pool): HTTP only, never the database
+
+    def _delete(self, item: _Claimed) -> _Outcome:
+        if self.stop.is_set() or time.monotonic() > item.deadline:
+            return _Outcome(item, "unattempted")
+        if not self.limiter.acquire(self.stop) or time.monotonic() > item.deadline:
+            return _Outcome(item, "unattempted")
+        try:
+            self.remote.delete_thread(item.thread_id, workspace=item.workspace)
+        except RemoteNotFound:
+            return _Outcome(item, "already_gone")
+        except RemoteAuthError as exc:
+            self.stop.set()  # every further call would fail the same way
+            return _Outcome(item, "auth", exc, str(exc))
+        except RemoteRateLimited as exc:
+            if exc.retry_after:
+                self.limiter.pause(min(exc.retry_after, MAX_PAUSE))
+            return _Outcome(item, "retry", exc, str(exc))
+        except ThreadStoreError as exc:
+            return _Outcome(item, "retry", exc, str(exc))
+        except Exception as exc:  # a bug in a Remote must not strand the claim
+            log.exception("unexpected error deleting %s", item.thread_id)
+            return _Outcome(item, "retry", None, f"{type(exc).__name__}: {exc}")
+        return _Outcome(item, "deleted")
+
+    # -- calling thread
+
+    def _claim_more(self) -> list[_Claimed]:
+        size = self.batch
+        if self.limit is not None:
+            size = min(size, self.limit - len(self.claimed))
+        if size <= 0:
+            return []
+        with _write(self.engine) as conn:
+            rows = _claim(
+                conn,
+                owner=self.owner,
+                lease=self.lease,
+                size=size,
+                cutoff=self.cutoff,
+                started=self.started,
+            )
+        deadline = time.monotonic() + self.start_window
+        self.claimed.update(tid for tid, _, _ in rows)
+        return [_Claimed(tid, ws, attempts, deadline) for tid, ws, attempts in rows]
+
+    def _flush(self, outcomes: list[_Outcome]) -> None:
+        """Record a batch of outcomes locally in one transaction."""
+        if not outcomes:
+            return
+        gone = {
+            o.item.thread_id: o.kind for o in outcomes if o.kind in ("deleted", "already_gone")
+        }
+        retry = [o for o in outcomes if o.kind == "retry"]
+        release = [o.item.thread_id for o in outcomes if o.kind in ("unattempted", "auth")]
+        now = utcnow()
+        with _write(self.engine) as conn:
+            removed = _remove_many(
+                conn, gone, reason="expired", owner=self.owner, archive=self.archive
+            )
+            for o in retry:
+                error = o.error
+                after = error.retry_after if isinstance(error, RemoteRateLimited) else None
+                delay = retry_delay(
+                    o.item.attempts, base=self.retry_base, retry_after=after, rng=self.rng
+                )
+                release_thread(
+                    conn,
+                    o.item.thread_id,
+                    owner=self.owner,
+                    error=o.error_text or "unknown error",
+                    retry_at=now + timedelta(seconds=delay),
+                )
+            if release:
+                # Not an attempt: the row simply goes back, as it was.
+                conn.execute(
+                    update(threads)
+                    .where(threads.c.thread_id.in_(release), threads.c.lease_owner == self.owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        finished = {r["thread_id"] for r in removed}
+        for tid, kind in gone.items():
+            if tid not in finished:
+                # Our lease ran out and another deleter claimed the row; its own
+                # remote delete will answer 404 and it completes the local delete.
+                self.lease_lost += 1
+                log.warning("lease on %s was taken over; the other deleter finishes it", tid)
+            elif kind == "deleted":
+                self.deleted += 1
+            else:
+                self.already_gone += 1
+        for o in retry:
+            self.failed.append((o.item.thread_id, o.error_text or "unknown error"))
+            log.info("delete of %s failed, kept for retry: %s", o.item.thread_id, o.error_text)
+        self.done += len(gone) + len(retry)
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+
+    def _release_all(self) -> None:
+        """Give back every lease this sweep still holds (after an error or a stop)."""
+        with _write(self.engine) as conn:
+            conn.execute(
+                update(threads)
+                .where(threads.c.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    def run(self) -> SweepReport:
+        pending: set[Future[_Outcome]] = set()
+        buffer: list[_Outcome] = []
+        first_buffered = 0.0
+        exhausted = requeued = False
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="threadstore-sweep")
+        try:
+            while True:
+                if not exhausted and not self.stop.is_set() and len(pending) < 2 * self.concurrency:
+                    items = self._claim_more()
+                    if len(items) < self.batch:
+                        exhausted = True
+                    pending.update(pool.submit(self._delete, item) for item in items)
+                if not pending:
+                    break
+                done, pending = wait(pending, timeout=FLUSH_INTERVAL, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    if outcome.kind == "auth":
+                        if self.auth_error is None and isinstance(outcome.error, RemoteAuthError):
+                            self.auth_error = outcome.error
+                        self.unattempted_at_stop += 1
+                    elif outcome.kind == "unattempted":
+                        if self.stop.is_set():
+                            self.unattempted_at_stop += 1
+                        else:
+                            # Its lease ran short before a worker got to it: it goes
+                            # back at the next flush and is claimed afresh.
+                            self.claimed.discard(outcome.item.thread_id)
+                            requeued = True
+                    if not buffer:
+                        first_buffered = time.monotonic()
+                    buffer.append(outcome)
+                if buffer and (
+                    requeued
+                    or len(buffer) >= self.flush_size
+                    or not pending
+                    or time.monotonic() - first_buffered >= FLUSH_INTERVAL
+                ):
+                    self._flush(buffer)
+                    buffer = []
+                    if requeued:
+                        exhausted, requeued = False, False
+        except BaseException:
+            # Ctrl-C or a database error: let in-flight deletes end, record what
+            # they did (a confirmed delete must still remove its row), give the
+            # rest back, and re-raise.
+            self.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            buffer.extend(f.result() for f in pending if f.done() and not f.cancelled())
+            with contextlib.suppress(ThreadStoreError):
+                self._flush(buffer)
+            with contextlib.suppress(ThreadStoreError):
+                self._release_all()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        if self.auth_error is not None or self.stop.is_set():
+            self._release_all()
+        return SweepReport(
+            expired=len(self.claimed),
+            deleted=self.deleted,
+            already_gone=self.already_gone,
+            failed=self.failed,
+            skipped=self.unattempted_at_stop,
+            lease_lost=self.lease_lost,
+            stopped_by_auth=self.auth_error is not None,
+            interrupted=self.auth_error is None and self.stop.is_set(),
+            error=str(self.auth_error) if self.auth_error is not None else None,
+            auth_error=self.auth_error,
+        )

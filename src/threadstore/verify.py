@@ -241,7 +241,7 @@ def verify_mirror(
             stop.set()
             raise
     if auth_error:
-        log.error("verify: stopped, DashScope refused the key: %s", auth_error[0])
+        log.info("verify: stopped after %d checks: DashScope refused the key", checked)
         raise auth_error[0]
 
     # A thread swept or deleted by someone else while we looked was not drift.

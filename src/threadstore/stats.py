@@ -1,0 +1,186 @@
+"""Counts an operator checks before and after a sweep, and a monitor scrapes.
+
+:func:`compute` reads everything in one read transaction with a handful of
+aggregate queries (no per-row work). :class:`Stats` is a frozen dataclass whose
+:meth:`~Stats.to_dict` keys are stable: monitors may rely on them.
+
+"Expired" follows the sweep's rule (see :mod:`threadstore.models`): not pinned,
+and either the thread's own TTL has run out (``ttl_expires_at`` passed) or it has
+none and it has been idle longer than ``older_than``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select
+
+from . import db
+from .errors import ConfigError
+from .models import deletions, messages, runs, threads, utcnow
+
+__all__ = ["Stats", "ThreadCounts", "compute", "thread_counts"]
+
+DEFAULT_OLDER_THAN = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of the store.
+
+    Threads: ``threads`` mirrored in total, of which ``threads_active`` are
+    within their TTL (or pinned) and ``threads_expired`` are expired and waiting
+    for a sweep; ``threads_pinned``; ``threads_claimed`` are being deleted right
+    now (a live lease); ``threads_creating`` are intent rows of creates in flight
+    (or left by a crash). ``failed_deletions`` threads have had a remote delete
+    fail and wait for a retry: the earliest retry is due at
+    ``failed_next_attempt_at`` and ``failed_oldest_error`` is that row's error.
+    ``deletions_last_day`` / ``deletions_last_week`` count the deletion log.
+    """
+
+    generated_at: datetime
+    older_than_seconds: int
+    threads: int
+    threads_active: int
+    threads_expired: int
+    threads_pinned: int
+    threads_claimed: int
+    threads_creating: int
+    failed_deletions: int
+    failed_max_attempts: int
+    failed_oldest_error: str | None
+    failed_next_attempt_at: datetime | None
+    messages: int
+    runs: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    deletions_total: int
+    deletions_last_day: int
+    deletions_last_week: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values: datetimes as ISO 8601 UTC text, keys in a fixed order."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, datetime):
+                out[key] = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+            else:
+                out[key] = value
+        return out
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
+            now: datetime | None = None) -> Stats:
+    """Gather :class:`Stats` on ``conn`` (the caller owns the transaction)."""
+    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+        raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
+    now = now or utcnow()
+    t = threads.c
+    active = t.status == "active"
+    expired = and_(
+        active,
+        t.pinned.is_(False),
+        or_(
+            and_(t.ttl_seconds.is_not(None), t.ttl_expires_at <= now),
+            and_(t.ttl_seconds.is_(None), t.last_active < now - older_than),
+        ),
+    )
+
+    def count_if(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    row = conn.execute(
+        select(
+            count_if(active),
+            count_if(expired),
+            count_if(and_(active, t.pinned.is_(True))),
+            count_if(and_(active, t.lease_owner.is_not(None), t.lease_expires_at > now)),
+            count_if(t.status == "creating"),
+            count_if(and_(active, t.attempts > 0)),
+            func.coalesce(func.max(case((active, t.attempts), else_=0)), 0),
+        )
+    ).one()
+    failed = conn.execute(
+        select(t.last_error, t.next_attempt_at)
+        .where(active, t.attempts > 0)
+        .order_by(t.next_attempt_at.asc().nulls_first(), t.thread_id)
+        .limit(1)
+    ).first()
+    n_messages = conn.execute(select(func.count()).select_from(messages)).scalar_one()
+    usage = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(runs.c.prompt_tokens), 0),
+            func.coalesce(func.sum(runs.c.completion_tokens), 0),
+            func.coalesce(func.sum(runs.c.total_tokens), 0),
+        )
+    ).one()
+    d = deletions.c
+    gone = conn.execute(
+        select(
+            func.count(),
+            count_if(d.deleted_at >= now - timedelta(days=1)),
+            count_if(d.deleted_at >= now - timedelta(days=7)),
+        )
+    ).one()
+    return Stats(
+        generated_at=now,
+        older_than_seconds=int(older_than.total_seconds()),
+        threads=_int(row[0]),
+        threads_active=_int(row[0]) - _int(row[1]),
+        threads_expired=_int(row[1]),
+        threads_pinned=_int(row[2]),
+        threads_claimed=_int(row[3]),
+        threads_creating=_int(row[4]),
+        failed_deletions=_int(row[5]),
+        failed_max_attempts=_int(row[6]),
+        failed_oldest_error=failed[0] if failed else None,
+        failed_next_attempt_at=failed[1] if failed else None,
+        messages=_int(n_messages),
+        runs=_int(usage[0]),
+        prompt_tokens=_int(usage[1]),
+        completion_tokens=_int(usage[2]),
+        total_tokens=_int(usage[3]),
+        deletions_total=_int(gone[0]),
+        deletions_last_day=_int(gone[1]),
+        deletions_last_week=_int(gone[2]),
+    )
+
+
+@dataclass(frozen=True)
+class ThreadCounts:
+    """How many messages and runs a thread has in the mirror."""
+
+    messages: int = 0
+    runs: int = 0
+
+
+def thread_counts(engine: Engine, thread_ids: Iterable[str]) -> Mapping[str, ThreadCounts]:
+    """Message and run counts for the given threads, in two grouped queries."""
+    ids = list(thread_ids)
+    if not ids:
+        return {}
+    with db.read(engine) as conn:
+        n_msg: dict[str, int] = dict(
+            conn.execute(
+                select(messages.c.thread_id, func.count())
+                .where(messages.c.thread_id.in_(ids))
+                .group_by(messages.c.thread_id)
+            ).tuples()
+        )
+        n_run: dict[str, int] = dict(
+            conn.execute(
+                select(runs.c.thread_id, func.count())
+                .where(runs.c.thread_id.in_(ids))
+                .group_by(runs.c.thread_id)
+            ).tuples()
+        )
+    return {i: ThreadCounts(_int(n_msg.get(i)), _int(n_run.get(i))) for i in ids}
