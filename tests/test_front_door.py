@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from threadstore import DashScopeRemote, ThreadStore
 from threadstore.cli import cli
 from threadstore.demo import run_demo
 from threadstore.models import deletions, threads
-from threadstore.testing import FakeRemote
+from threadstore.testing import Emulator, FakeRemote
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -119,6 +121,28 @@ def test_readme_commands_match_ci_and_extras() -> None:
         assert f"`{extra}`" in README or f"[{extra}]" in README, extra
 
 
+def test_readme_python_examples_run(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart and facade snippets in README run as printed (against the emulator)."""
+    from threadstore.dashscope import close_stores
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("THREADSTORE_DATABASE_URL", f"sqlite:///{tmp_path / 'facade.db'}")
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
+    try:
+        for number, block in enumerate(blocks):
+            code = compile(block.replace("asst_…", "asst_readme"), f"README block {number}", "exec")
+            exec(code, {})  # noqa: S102 - our own README, run to prove it is accurate
+    finally:
+        close_stores()
+    with (tmp_path / "messages.csv").open(newline="", encoding="utf-8") as fh:
+        header, *rows = list(csv.reader(fh))
+    assert header[:4] == ["message_id", "thread_id", "role", "content"]
+    assert [row[3] for row in rows] == ["hi", "I was charged twice", "Echo: I was charged twice"]
+
+
 # ------------------------------------------------------------------------ demo
 
 
@@ -160,6 +184,16 @@ def test_demo_in_a_named_database_leaves_it_empty(db_url: str) -> None:
         engine.dispose()
 
 
+def test_demo_uses_a_db_given_on_the_command_line(tmp_path: Path) -> None:
+    """`threadstore --db URL demo` runs in that database (only the env variable is ignored)."""
+    url = f"sqlite:///{tmp_path / 'chosen.db'}"
+    result = CliRunner().invoke(cli, ["--db", url, "demo"])
+    assert result.exit_code == 0, result.output
+    with ThreadStore(url, remote=FakeRemote()) as store:
+        assert store.stats().deletions_total == 5
+        assert store.list_threads() == []
+
+
 def test_demo_refuses_a_database_that_holds_threads(sqlite_url: str) -> None:
     """The demo will not sweep someone's data: a non-empty --db is a usage error, untouched."""
     with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
@@ -170,6 +204,15 @@ def test_demo_refuses_a_database_that_holds_threads(sqlite_url: str) -> None:
     assert "Traceback" not in result.output
     with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
         assert store.get_thread(kept.thread_id).user_id == "u1"
+
+
+def test_demo_with_an_unreachable_database_masks_its_password() -> None:
+    """`demo --db` naming a dead server is one line, exit 2, and the password stays hidden."""
+    result = CliRunner().invoke(cli, ["demo", "--db", "postgresql://app:s3cret@127.0.0.1:9/x"])
+    assert result.exit_code == 2
+    assert "cannot open database" in result.output
+    assert "s3cret" not in result.output
+    assert "Traceback" not in result.output
 
 
 # ------------------------------------------------------------------------ emulator
@@ -205,6 +248,21 @@ def test_emulator_command_serves_the_sdk_until_stopped(stop: signal.Signals) -> 
     assert proc.returncode == 0, err
     assert "emulator stopped" in err
     assert "Traceback" not in err
+
+
+def test_emulator_command_on_a_busy_port_is_a_usage_error() -> None:
+    """A port already in use gives one line on stderr and exit 2, not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "threadstore", "emulator", "--port", str(port)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"threadstore: error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

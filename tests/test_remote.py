@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-from tests.conftest import API_KEY
 
+from conftest import API_KEY
 from threadstore import (
     ConfigError,
     DashScopeRemote,

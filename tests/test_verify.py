@@ -183,9 +183,12 @@ def test_cli_verify_unknown_threads_exit_1(
     """Threads that could not be checked make the exit status 1 and are named on stderr."""
     ids = _make(store, 2)
     emulator.fail("threads.retrieve", status=500, thread_id=ids[0])
-    code, out, err = _run(db_url, "--json")
+    code, out, _ = _run(db_url, "--json")
     assert code == 1
     assert json.loads(out)["errors"][0]["thread_id"] == ids[0]
+    code, out, err = _run(db_url)
+    assert (code, out) == (1, "")
+    assert f"unknown: {ids[0]}: threads.retrieve" in err
 
 
 def test_cli_verify_auth_error_is_one_line_exit_2(

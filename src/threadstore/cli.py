@@ -29,6 +29,7 @@ from . import __version__, db
 from . import export as export_module
 from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
+from .remote import DashScopeRemote
 from .schedule import parse_duration, run_blocking
 from .stats import thread_counts
 from .store import ThreadStore
@@ -129,6 +130,13 @@ def _setup_logging(verbosity: int) -> Callable[[], None]:
     return restore
 
 
+# click >= 8.2 raises this for a group called without a command; 8.1 exits 0 itself.
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+    if hasattr(click.exceptions, name)
+)
+
+
 class _OneLineErrors(click.Group):
     """The top-level group: usage errors are one line on stderr with exit 2.
 
@@ -149,6 +157,9 @@ class _OneLineErrors(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
             fail(" ".join(exc.format_message().split()) + hint, EXIT_USAGE)
@@ -234,7 +245,15 @@ def _engine(obj: Context) -> Any:
 @pass_ctx
 @handle_errors
 def db_upgrade(obj: Context, revision: str) -> None:
-    """Migrate the schema to REVISION (default: head)."""
+    """Migrate the schema to REVISION (default: head).
+
+    Opening a store migrates it too; run this to migrate ahead of a deploy.
+
+    \b
+    Examples:
+      threadstore --db sqlite:///app.db db upgrade
+      THREADSTORE_DATABASE_URL=postgresql://app@dbhost/threads threadstore db upgrade
+    """
     engine = _engine(obj)
     try:
         db.upgrade(engine, revision)
@@ -269,7 +288,12 @@ def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
 @pass_ctx
 @handle_errors
 def db_current(obj: Context) -> None:
-    """Print the schema revision of the database (empty line if none)."""
+    """Print the schema revision of the database (empty line if none).
+
+    \b
+    Example:
+      threadstore --db sqlite:///app.db db current
+    """
     engine = _engine(obj)
     try:
         with db.read(engine) as conn:
@@ -284,7 +308,12 @@ def db_current(obj: Context) -> None:
 @pass_ctx
 @handle_errors
 def db_check(obj: Context) -> None:
-    """Exit 0 if the schema is at head, 1 if a migration is pending."""
+    """Exit 0 if the schema is at head, 1 if a migration is pending.
+
+    \b
+    Example:
+      threadstore db check || threadstore db upgrade
+    """
     engine = _engine(obj)
     try:
         with db.read(engine) as conn:
@@ -385,6 +414,9 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"export DASHSCOPE_HTTP_BASE_URL={emu.url}")
     click.echo(f"export DASHSCOPE_API_KEY={api_key or 'any-key'}")
+    if any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        # requests would send even loopback traffic through the proxy.
+        click.echo('export NO_PROXY="${NO_PROXY:+$NO_PROXY,}127.0.0.1"')
     sys.stdout.flush()
     admin = emu.url.rsplit("/api/", 1)[0] + "/_emulator/"
     click.echo(f"DashScope emulator on {emu.url} (admin: {admin}); Ctrl-C to stop", err=True)
@@ -406,16 +438,18 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 256),
     default=8,
     show_default=True,
+    metavar="N",
     help="Threads checked at once.",
 )
 @click.option(
     "--max-rps",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="At most this many DashScope requests per second.",
+    metavar="X",
+    help="At most X DashScope requests per second.",
 )
 @pass_ctx
 @handle_errors
@@ -515,16 +549,16 @@ def _sweep_options(fn: F) -> F:
     """The options that ``sweep`` and ``schedule`` share."""
     for option in reversed(
         [
-            click.option("--days", type=click.FloatRange(min=0, min_open=True),
+            click.option("--days", type=click.FloatRange(min=0, min_open=True), metavar="N",
                          help="Expire threads idle for more than N days."),
-            click.option("--hours", type=click.FloatRange(min=0, min_open=True),
+            click.option("--hours", type=click.FloatRange(min=0, min_open=True), metavar="N",
                          help="Expire threads idle for more than N hours."),
-            click.option("--limit", type=click.IntRange(min=1), default=None,
+            click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
                          help="Delete at most N threads in one sweep."),
             click.option("--concurrency", type=click.IntRange(1, 256), default=16,
-                         show_default=True, help="Remote deletes in flight at once."),
+                         metavar="N", show_default=True, help="Remote deletes in flight at once."),
             click.option("--max-rps", type=click.FloatRange(min=0, min_open=True),
-                         default=None, help="At most X DashScope deletes per second."),
+                         default=None, metavar="X", help="At most X DashScope deletes per second."),
             click.option("--lease", "lease_seconds", type=click.IntRange(min=1), default=300,
                          show_default=True, metavar="SECONDS",
                          help="How long a claimed thread stays reserved for this sweeper; "
@@ -537,6 +571,11 @@ def _sweep_options(fn: F) -> F:
     ):
         fn = option(fn)
     return fn
+
+
+def _sweep_remote(concurrency: int) -> DashScopeRemote:
+    # One kept-alive connection per worker, or urllib3 discards (and logs) the extras.
+    return DashScopeRemote(pool_size=max(32, concurrency))
 
 
 class _ProgressLine:
@@ -595,7 +634,7 @@ def sweep_command(
     """
     older_than = _older_than(days, hours)
     progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
-    with obj.store() as store:
+    with obj.store(remote=_sweep_remote(concurrency)) as store:
         try:
             report = store.sweep(
                 older_than,
@@ -666,7 +705,7 @@ def schedule_command(
         "archive": archive,
         "stop": stop,
     }
-    with obj.store() as store:
+    with obj.store(remote=_sweep_remote(concurrency)) as store:
         run_blocking(lambda: store.sweep(older_than, **options), every=every, stop=stop)
 
 

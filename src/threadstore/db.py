@@ -22,10 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -46,6 +42,10 @@ __all__ = [
 ]
 
 DEFAULT_URL = "sqlite:///threadstore.db"
+# The newest migration's revision. Opening a store compares the database with
+# it in plain SQL, so the common case never imports Alembic (a test keeps this
+# equal to the scripts' head).
+SCHEMA_HEAD = "0001"
 _BEGIN_OPTION = "threadstore_sqlite_begin"
 
 
@@ -175,6 +175,8 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Any:
     """An Alembic ``Config`` pointing at our scripts, bound to ``connection``."""
+    from alembic.config import Config  # noqa: PLC0415 - Alembic loads only to migrate
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
@@ -182,11 +184,17 @@ def alembic_config(connection: Connection | None = None) -> Any:
 
 
 def head_revision() -> str | None:
+    """The head revision of the migration scripts (reads the scripts)."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
     head: str | None = ScriptDirectory.from_config(alembic_config()).get_current_head()
     return head
 
 
 def current_revision(conn: Connection) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     rev: str | None = MigrationContext.configure(conn).get_current_revision()
     return rev
 
@@ -200,8 +208,22 @@ def _lock_for_migration(conn: Connection) -> None:
     # SQLite: the write transaction's BEGIN IMMEDIATE is the lock.
 
 
+def at_head(engine: Engine) -> bool:
+    """True if the database is at :data:`SCHEMA_HEAD`, checked in plain SQL."""
+    try:
+        with read(engine) as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    except SQLAlchemyError:
+        return False  # no version table yet, or unreachable: the slow path says which
+    return [r[0] for r in rows] == [SCHEMA_HEAD]
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to ``revision``; safe when several processes open a store at once."""
+    if revision == "head" and at_head(engine):
+        return
+    from alembic import command  # noqa: PLC0415
+
     try:
         if revision == "head":
             with read(engine) as conn:
@@ -217,6 +239,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate down to ``revision`` (``base`` drops every table)."""
+    from alembic import command  # noqa: PLC0415
+
     with write(engine) as conn:
         _lock_for_migration(conn)
         command.downgrade(alembic_config(conn), revision)

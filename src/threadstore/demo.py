@@ -23,13 +23,14 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .errors import ConfigError, ThreadNotFound, ThreadStoreError
@@ -138,29 +139,35 @@ def run_demo(
         # A throwaway key: the demo shows encryption at rest without reading
         # (or depending on) the user's THREADSTORE_ENCRYPTION_KEY.
         key = Fernet.generate_key().decode("ascii")
+        if db_url is not None:
+            _check_empty(db_url)
         with ThreadStore(url, remote=remote, encryption_key=key) as store:
-            if db_url is not None:
-                with store.engine.connect() as conn:
-                    present = conn.execute(select(func.count()).select_from(threads)).scalar_one()
-                if present:
-                    raise ConfigError(
-                        f"the demo needs an empty database, and {db_url!r} holds {present} "
-                        "thread(s): it would sweep them (omit --db to use a temporary file)"
-                    )
             summary = _walk(
                 store, emu, url, workdir, out, max_retry_wait, cleanup=db_url is not None
             )
     elapsed = time.monotonic() - started
     out("")
     out(f"Done in {elapsed:.1f} s. Next: README.md (library, cron, export, PostgreSQL).")
-    return DemoSummary(
-        db_url=summary.db_url,
-        created=summary.created,
-        deleted=summary.deleted,
-        retried=summary.retried,
-        exported_rows=summary.exported_rows,
-        elapsed=elapsed,
-    )
+    return replace(summary, elapsed=elapsed)
+
+
+def _check_empty(url: str) -> None:
+    """Refuse, before migrating or touching anything, a database that holds threads."""
+    engine = db.open_engine(url)
+    try:
+        with db.read(engine) as conn:
+            if not inspect(conn).has_table(threads.name):
+                return
+            present = conn.execute(select(func.count()).select_from(threads)).scalar_one()
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot open database {db.safe_url(url)}: {db._short(exc)}") from exc
+    finally:
+        engine.dispose()
+    if present:
+        raise ConfigError(
+            f"the demo needs an empty database, and {db.safe_url(url)} holds {present} "
+            "thread(s) that it would sweep (omit --db to use a temporary file)"
+        )
 
 
 def _walk(

@@ -32,9 +32,12 @@ characters stays in ``content_length``, which every messages export carries —
 and every ``metadata`` object (threads and messages) keeps its keys with each
 value replaced by ``null``. Nothing else holds conversation text.
 
-Rows come out ordered by the table's natural time (then id): ``last_active`` for
-threads, ``created_at`` for messages and runs, ``deleted_at`` for deletions — the
-same column that ``since`` (inclusive) and ``until`` (exclusive) filter on.
+``since`` (inclusive) and ``until`` (exclusive) filter on each table's natural
+time: ``last_active`` for threads, ``created_at`` for messages and runs,
+``deleted_at`` for deletions. Threads and deletions come out ordered by that
+time; messages and runs in storage order (roughly the order they were written),
+because sorting millions of rows would cost more than the whole export — sort
+downstream when order matters.
 """
 
 from __future__ import annotations
@@ -49,22 +52,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     Select,
     String,
+    case,
     func,
-    literal,
+    null,
     select,
     type_coerce,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .codec import PREFIX, Codec
+from .codec import PLAIN_PREFIX, PREFIX, Codec
 from .errors import ConfigError, StoreError
 from .models import deletions, messages, runs, threads
 
@@ -76,7 +81,7 @@ BATCH = 5000
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
 # Column kinds: how a value is typed in Parquet and treated on the way out.
-STR, INT, BOOL, TS, JSON, TEXT = "str", "int", "bool", "ts", "json", "text"
+STR, INT, BOOL, TS, JSON, TEXT, LEN = "str", "int", "bool", "ts", "json", "text", "len"
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "threads": (
@@ -100,7 +105,7 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("thread_id", STR),
         ("role", STR),
         ("content", TEXT),
-        ("content_length", INT),
+        ("content_length", LEN),
         ("created_at", TS),
         ("run_id", STR),
         ("assistant_id", STR),
@@ -141,30 +146,21 @@ Progress = Callable[[int], None]
 
 # --------------------------------------------------------------------------- SQL
 
-
-def _iso_sql(col: Any, dialect: str) -> tuple[ColumnElement[Any], bool]:
-    """The column as ISO 8601 UTC text computed by the database, if it can.
-
-    Returns ``(expression, in_sql)``; when ``in_sql`` is False the column is
-    selected as a datetime and formatted in Python.
-    """
-    if dialect == "sqlite":
-        # UTCDateTime stores naive UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'.
-        raw = type_coerce(col, String())
-        return func.replace(raw, " ", "T", type_=String()) + literal("+00:00"), True
-    if dialect == "postgresql":
-        return (
-            func.to_char(
-                func.timezone("UTC", col), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"', type_=String()
-            ),
-            True,
-        )
-    return col, False
+# How timestamps arrive from the database, per backend:
+#   text     SQLite's stored 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC), fixed up
+#            client-side (vectorized with pyarrow) — SQLite's own string
+#            functions would cost more than the whole fetch;
+#   iso      formatted by the database (PostgreSQL's to_char);
+#   datetime aware datetimes from SQLAlchemy (other backends), formatted in Python
+#            as they are fetched, so the writers only ever see text.
+TS_TEXT, TS_ISO, TS_DATETIME = "text", "iso", "datetime"
 
 
-def _iso_py(value: datetime | None) -> str | None:
-    if value is None:
-        return None
+def _fix_ts(value: str) -> str:
+    return value.replace(" ", "T", 1) + "+00:00"
+
+
+def _iso_py(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
@@ -173,7 +169,20 @@ class _Query:
     statement: Select[Any]
     names: tuple[str, ...]
     kinds: tuple[str, ...]
-    py_ts: frozenset[int]  # timestamp columns that still need formatting in Python
+    ts_mode: str
+    # Read plain tuples straight from the driver's cursor (SQLite): SQLAlchemy's
+    # rows would cost more than the rest of the export.
+    raw_cursor: bool
+
+
+def _timestamp(col: Any, ts_mode: str) -> ColumnElement[Any]:
+    if ts_mode == TS_TEXT:
+        return type_coerce(col, String())
+    if ts_mode == TS_ISO:
+        return func.to_char(
+            func.timezone("UTC", col), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"', type_=String()
+        )
+    return col  # type: ignore[no-any-return]
 
 
 def _build(
@@ -186,6 +195,7 @@ def _build(
     user_id: str | None,
 ) -> _Query:
     spec = COLUMNS[table]
+    ts_mode = {"sqlite": TS_TEXT, "postgresql": TS_ISO}.get(dialect, TS_DATETIME)
     base = {"threads": threads, "messages": messages, "runs": runs, "deletions": deletions}[table]
     time_col = {
         "threads": threads.c.last_active,
@@ -213,7 +223,8 @@ def _build(
     if user_id is not None:
         owner_conds.append(owner_table.c.user_id == user_id)
 
-    exprs: dict[str, ColumnElement[Any]] = {}
+    # content_length is filled in client-side, from the decrypted text.
+    exprs: dict[str, ColumnElement[Any]] = {"content_length": null()}
     from_: Any = base
     if table == "threads":
         conds += [threads.c.status == "active", *owner_conds]
@@ -241,45 +252,66 @@ def _build(
         from_ = threads.outerjoin(m, m.c.thread_id == threads.c.thread_id).outerjoin(
             r, r.c.thread_id == threads.c.thread_id
         )
-        exprs = {
+        exprs |= {
             "message_count": func.coalesce(m.c.n, 0),
             "run_count": func.coalesce(r.c.n, 0),
             "prompt_tokens": func.coalesce(r.c.prompt, 0),
             "completion_tokens": func.coalesce(r.c.completion, 0),
             "total_tokens": func.coalesce(r.c.total, 0),
         }
-    elif table == "messages":
-        exprs = {"content_length": func.length(messages.c.content)}
+    elif table in ("messages", "runs"):
         if owner_conds:
-            conds.append(messages.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
-    elif table == "runs":
-        if owner_conds:
-            conds.append(runs.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
+            conds.append(base.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
     else:
         conds += owner_conds
 
     columns: list[ColumnElement[Any]] = []
-    py_ts: set[int] = set()
-    for i, (name, kind) in enumerate(spec):
+    for name, kind in spec:
         expr: ColumnElement[Any] = exprs[name] if name in exprs else base.c[name]
         if kind == TS:
-            expr, in_sql = _iso_sql(expr, dialect)
-            if not in_sql:
-                py_ts.add(i)
+            expr = _timestamp(expr, ts_mode)
+        elif kind == BOOL:  # 0/1 from every backend; the writers make it a boolean
+            expr = case((expr, 1), else_=0)
         columns.append(expr.label(name))
-    statement = select(*columns).select_from(from_).where(*conds).order_by(time_col, id_col)
+    statement = select(*columns).select_from(from_).where(*conds)
+    if table in ("threads", "deletions"):
+        # Small tables: ordered. Sorting messages or runs would cost more than
+        # the rest of the export (and memory on the server): storage order.
+        statement = statement.order_by(time_col, id_col)
     return _Query(
         statement,
         tuple(n for n, _ in spec),
         tuple(k for _, k in spec),
-        frozenset(py_ts),
+        ts_mode,
+        raw_cursor=dialect == "sqlite",
     )
+
+
+def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[Any, ...]]]:
+    """The result in lists of up to ``size`` plain tuples, from a streaming cursor."""
+    if query.raw_cursor:
+        # A plain execute: SQLAlchemy prefetches nothing, the cursor is ours.
+        result = conn.execute(query.statement)
+        try:
+            while rows := result.cursor.fetchmany(size):
+                yield cast("list[tuple[Any, ...]]", rows)  # sqlite3 returns a list of tuples
+        finally:
+            result.close()
+        return
+    # yield_per: a server-side cursor on PostgreSQL, fetched ``size`` rows at a time.
+    result = conn.execution_options(yield_per=size).execute(query.statement)
+    for part in result.partitions():
+        if query.ts_mode == TS_DATETIME:
+            yield [tuple(_iso_py(v) if isinstance(v, datetime) else v for v in r) for r in part]
+        else:
+            yield [tuple(r) for r in part]
 
 
 # --------------------------------------------------------------------------- values
 
 
 def _redact_json(text: str) -> str:
+    """The same keys, every value null (``{}`` for anything that is not an object)."""
     try:
         loaded = json.loads(text)
     except ValueError:
@@ -289,31 +321,51 @@ def _redact_json(text: str) -> str:
     return json.dumps(dict.fromkeys(loaded), ensure_ascii=False)
 
 
-def _prepare(query: _Query, columns: list[list[Any]], codec: Codec, redact: bool) -> None:
-    """Turn raw column values into exported ones, in place; cheap when nothing to do."""
-    names = query.names
-    for i, kind in enumerate(query.kinds):
-        col = columns[i]
-        if i in query.py_ts:
-            columns[i] = [_iso_py(v) for v in col]
+# Stored values that Codec.decode_text changes: Fernet tokens, and plain text that
+# was escaped because it looked like one. Every other value is stored as is.
+_ENCODED = (PREFIX, PLAIN_PREFIX)
+_ENCODED_RE = f"^({PREFIX}|{PLAIN_PREFIX})"
+
+
+def _has_prefix(values: Sequence[Any]) -> bool:
+    return any(v is not None and v.startswith(_ENCODED) for v in values)
+
+
+def _decoded(values: Sequence[Any], codec: Codec) -> list[Any]:
+    return [v if v is None else codec.decode_text(v) for v in values]
+
+
+def _redacted_text(values: Sequence[Any]) -> list[Any]:
+    return [None if v is None else "" for v in values]
+
+
+def _redacted_json(values: Sequence[Any]) -> list[Any]:
+    return [None if v is None else _redact_json(v) for v in values]
+
+
+def _py_columns(
+    query: _Query, columns: Sequence[Sequence[Any]], codec: Codec, redact: bool
+) -> list[Sequence[Any]]:
+    """Final values for the text writers, as Python objects."""
+    out: list[Sequence[Any]] = []
+    lengths: Sequence[Any] = ()
+    for kind, raw in zip(query.kinds, columns, strict=True):
+        col = raw
+        if kind == TS and query.ts_mode == TS_TEXT:
+            col = [v if v is None else _fix_ts(v) for v in col]
         elif kind == BOOL:
-            columns[i] = [None if v is None else bool(v) for v in col]
-        elif kind == TEXT:
-            length = columns[names.index("content_length")]
-            for j, v in enumerate(col):
-                # Only encrypted values need work; plain rows pass untouched.
-                if v is not None and v.startswith(PREFIX):
-                    plain = codec.decode_text(v)
-                    col[j] = plain
-                    length[j] = len(plain)
+            col = [v if v is None else bool(v) for v in col]
+        elif kind in (TEXT, JSON):
+            if _has_prefix(col):  # only encrypted values need work
+                col = _decoded(col, codec)
+            if kind == TEXT:
+                lengths = [v if v is None else len(v) for v in col]
             if redact:
-                columns[i] = ["" if v is not None else None for v in col]
-        elif kind == JSON:
-            for j, v in enumerate(col):
-                if v is not None and v.startswith(PREFIX):
-                    col[j] = codec.decode_text(v)
-            if redact:
-                columns[i] = [None if v is None else _redact_json(v) for v in col]
+                col = _redacted_text(col) if kind == TEXT else _redacted_json(col)
+        elif kind == LEN:
+            col = lengths
+        out.append(col)
+    return out
 
 
 # --------------------------------------------------------------------------- sinks
@@ -329,8 +381,9 @@ class _Sink:
     def write_text(self, text: str) -> None:
         self.file.write(text.encode("utf-8") if self.binary else text)
 
-    def write_bytes(self, data: bytes) -> None:
-        self.file.write(data if self.binary else data.decode("utf-8"))
+    def write_bytes(self, data: Any) -> None:
+        """Write ``data`` (anything with the buffer protocol)."""
+        self.file.write(data if self.binary else bytes(data).decode("utf-8"))
 
 
 def _is_text(file: object) -> bool:
@@ -367,11 +420,14 @@ def _open_target(target: str | Path | IO[Any]) -> Iterator[_Sink]:
 
 
 class _Writer:
-    def __init__(self, sink: _Sink, query: _Query) -> None:
+    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
         self.sink = sink
         self.query = query
+        self.codec = codec
+        self.redact = redact
 
-    def write(self, columns: list[list[Any]]) -> None:
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write one batch of rows as they come from the database."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -379,19 +435,24 @@ class _Writer:
 
 
 class _JsonlWriter(_Writer):
-    def __init__(self, sink: _Sink, query: _Query) -> None:
-        super().__init__(sink, query)
+    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
+        super().__init__(sink, query, codec, redact)
         self.encode = json.JSONEncoder(ensure_ascii=False).encode
-        self.json_cols = [i for i, k in enumerate(query.kinds) if k == JSON]
 
-    def write(self, columns: list[list[Any]]) -> None:
-        for i in self.json_cols:
-            columns[i] = [None if v is None else _loads(v) for v in columns[i]]
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        cols = _py_columns(self.query, _transpose(rows), self.codec, self.redact)
+        for i, kind in enumerate(self.query.kinds):
+            if kind == JSON:
+                cols[i] = [None if v is None else _loads(v) for v in cols[i]]
         names = self.query.names
         encode = self.encode
-        lines = [encode(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True)]
+        lines = [encode(dict(zip(names, row, strict=True))) for row in zip(*cols, strict=True)]
         lines.append("")
         self.sink.write_text("\n".join(lines))
+
+
+def _transpose(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return list(zip(*rows, strict=True))
 
 
 def _loads(text: str) -> Any:
@@ -404,26 +465,25 @@ def _loads(text: str) -> Any:
 class _CsvWriter(_Writer):
     """Python's csv module (the fallback without pyarrow)."""
 
-    def __init__(self, sink: _Sink, query: _Query) -> None:
-        super().__init__(sink, query)
-        self.bool_cols = [i for i, k in enumerate(query.kinds) if k == BOOL]
-        self._header()
+    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
+        super().__init__(sink, query, codec, redact)
+        self._emit([query.names])
 
-    def _header(self) -> None:
+    def _emit(self, rows: Any) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(self.query.names)
+        csv.writer(buf, lineterminator="\n").writerows(rows)
         self.sink.write_text(buf.getvalue())
 
-    def write(self, columns: list[list[Any]]) -> None:
-        for i in self.bool_cols:
-            columns[i] = [None if v is None else ("true" if v else "false") for v in columns[i]]
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(zip(*columns, strict=True))
-        self.sink.write_text(buf.getvalue())
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        cols = _py_columns(self.query, _transpose(rows), self.codec, self.redact)
+        for i, kind in enumerate(self.query.kinds):
+            if kind == BOOL:  # as pyarrow writes them
+                cols[i] = [v if v is None else ("true" if v else "false") for v in cols[i]]
+        self._emit(zip(*cols, strict=True))
 
 
 def _arrow_type(pa: Any, kind: str, *, parquet: bool) -> Any:
-    if kind == INT:
+    if kind in (INT, LEN):
         return pa.int64()
     if kind == BOOL:
         return pa.bool_()
@@ -433,44 +493,80 @@ def _arrow_type(pa: Any, kind: str, *, parquet: bool) -> Any:
 
 
 class _ArrowWriter(_Writer):
-    def __init__(self, sink: _Sink, query: _Query, pa: Any, *, parquet: bool) -> None:
-        super().__init__(sink, query)
+    """Builds Arrow record batches; per-value work is vectorized where it can be."""
+
+    def __init__(
+        self, sink: _Sink, query: _Query, codec: Codec, redact: bool, pa: Any, *, parquet: bool
+    ) -> None:
+        super().__init__(sink, query, codec, redact)
         self.pa = pa
-        self.parquet = parquet
+        self.pc = pa.compute
         self.schema = pa.schema(
             [
                 pa.field(n, _arrow_type(pa, k, parquet=parquet))
                 for n, k in zip(query.names, query.kinds, strict=True)
             ]
         )
-        self.ts_cols = {i for i, k in enumerate(query.kinds) if k == TS} if parquet else set()
+        # As the values arrive: timestamps as text, booleans as 0/1.
+        self.raw_type = pa.struct(
+            [
+                pa.field(n, pa.int64() if k in (INT, LEN, BOOL) else pa.string())
+                for n, k in zip(query.names, query.kinds, strict=True)
+            ]
+        )
 
-    def batch(self, columns: list[list[Any]]) -> Any:
-        pa = self.pa
+    def _has_prefix(self, arr: Any) -> bool:
+        return bool(self.pc.any(self.pc.match_substring_regex(arr, _ENCODED_RE)).as_py())
+
+    def batch(self, rows: list[tuple[Any, ...]]) -> Any:
+        pa, pc, string = self.pa, self.pc, self.pa.string()
+        # Rows to columns in C++: a struct array straight from the tuples.
+        raw = pa.RecordBatch.from_struct_array(pa.array(rows, self.raw_type))
         arrays = []
-        for i, field in enumerate(self.schema):
-            if i in self.ts_cols:
-                arrays.append(pa.array(columns[i], pa.string()).cast(field.type))
-            else:
-                arrays.append(pa.array(columns[i], field.type))
+        lengths = None
+        for i, (kind, field) in enumerate(zip(self.query.kinds, self.schema, strict=True)):
+            arr = raw.column(i)
+            if kind == TS:
+                if self.query.ts_mode == TS_TEXT:
+                    arr = pc.replace_substring(arr, " ", "T", max_replacements=1)
+                    arr = pc.binary_join_element_wise(arr, "+00:00", "")
+                if field.type != string:
+                    arr = arr.cast(field.type)
+            elif kind in (TEXT, JSON):
+                if self.redact or self._has_prefix(arr):  # rare: per-value work
+                    values = arr.to_pylist()
+                    if _has_prefix(values):
+                        values = _decoded(values, self.codec)
+                        arr = pa.array(values, string)
+                    if kind == TEXT:
+                        lengths = pc.utf8_length(arr).cast(pa.int64())
+                    if self.redact:
+                        redacted = _redacted_text if kind == TEXT else _redacted_json
+                        arr = pa.array(redacted(values), string)
+                elif kind == TEXT:
+                    lengths = pc.utf8_length(arr).cast(pa.int64())
+            elif kind == LEN:
+                arr = lengths
+            elif kind == BOOL:
+                arr = arr.cast(field.type)
+            arrays.append(arr)
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
 class _ArrowCsvWriter(_ArrowWriter):
-    def __init__(self, sink: _Sink, query: _Query, pa: Any) -> None:
-        super().__init__(sink, query, pa, parquet=False)
-        self.pacsv = pa.csv
+    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool, pa: Any) -> None:
+        super().__init__(sink, query, codec, redact, pa, parquet=False)
         self.options = [pa.csv.WriteOptions(include_header=h) for h in (False, True)]
         self.header = True
 
-    def write(self, columns: list[list[Any]]) -> None:
-        self._emit(self.batch(columns))
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self._emit(self.batch(rows))
 
     def _emit(self, batch: Any) -> None:
         out = self.pa.BufferOutputStream()
-        self.pacsv.write_csv(batch, out, write_options=self.options[self.header])
+        self.pa.csv.write_csv(batch, out, write_options=self.options[self.header])
         self.header = False
-        self.sink.write_bytes(out.getvalue().to_pybytes())
+        self.sink.write_bytes(out.getvalue())
 
     def close(self) -> None:
         if self.header:  # no rows: still a header line
@@ -478,12 +574,12 @@ class _ArrowCsvWriter(_ArrowWriter):
 
 
 class _ParquetWriter(_ArrowWriter):
-    def __init__(self, sink: _Sink, query: _Query, pa: Any) -> None:
-        super().__init__(sink, query, pa, parquet=True)
+    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool, pa: Any) -> None:
+        super().__init__(sink, query, codec, redact, pa, parquet=True)
         self.writer = pa.parquet.ParquetWriter(sink.file, self.schema)
 
-    def write(self, columns: list[list[Any]]) -> None:
-        self.writer.write_batch(self.batch(columns))
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self.writer.write_batch(self.batch(rows))
 
     def close(self) -> None:
         self.writer.close()
@@ -493,6 +589,7 @@ def _pyarrow() -> Any | None:
     """pyarrow with its csv and parquet modules loaded, or None: it is optional."""
     try:
         import pyarrow  # noqa: PLC0415 - an optional extra, imported only when used
+        import pyarrow.compute  # noqa: PLC0415
         import pyarrow.csv  # noqa: PLC0415
         import pyarrow.parquet  # noqa: PLC0415
     except ImportError:
@@ -500,15 +597,17 @@ def _pyarrow() -> Any | None:
     return pyarrow
 
 
-def _writer(fmt: str, sink: _Sink, query: _Query) -> _Writer:
+def _writer(fmt: str, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> _Writer:
     if fmt == "jsonl":
-        return _JsonlWriter(sink, query)
+        return _JsonlWriter(sink, query, codec, redact)
     pa = _pyarrow()
+    if fmt == "csv" and pa is None:
+        return _CsvWriter(sink, query, codec, redact)
     if fmt == "csv":
-        return _ArrowCsvWriter(sink, query, pa) if pa is not None else _CsvWriter(sink, query)
+        return _ArrowCsvWriter(sink, query, codec, redact, pa)
     if pa is None:
         raise ConfigError(PARQUET_HINT)
-    return _ParquetWriter(sink, query, pa)
+    return _ParquetWriter(sink, query, codec, redact, pa)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -572,12 +671,9 @@ def export(
     written = 0
     try:
         with _open_target(path_or_file) as sink, db.read(engine) as conn:
-            writer = _writer(fmt, sink, query)
-            result = conn.execution_options(yield_per=batch_size).execute(query.statement)
-            for rows in result.partitions():
-                columns = [list(c) for c in zip(*rows, strict=True)]
-                _prepare(query, columns, codec, redact)
-                writer.write(columns)
+            writer = _writer(fmt, sink, query, codec, redact)
+            for rows in _batches(conn, query, batch_size):
+                writer.write(rows)
                 written += len(rows)
                 if progress is not None:
                     progress(written)

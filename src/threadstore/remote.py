@@ -1,6 +1,6 @@
 """The remote side: a small ``Remote`` protocol and its DashScope implementation.
 
-This is the only module that imports ``dashscope``. It exists so that the rest of
+This is the only module that imports ``dashscope`` (lazily: see :func:`_sdk`). It exists so that the rest of
 threadstore never has to remember the SDK's traps:
 
 * the SDK does **not** raise on HTTP errors; it returns its ordinary result object
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
-import dashscope
+import os
+import sys
+from functools import cache
+from pathlib import Path
+
 import requests
-from dashscope.assistants.assistant_types import DeleteResponse
-from dashscope.common.env import resolve_base_url
-from dashscope.common.error import AuthenticationError, InputRequired
-from dashscope.common.utils import default_headers
 from requests.adapters import HTTPAdapter
 
 from .errors import (
@@ -55,14 +55,84 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The SDK's classes build their methods from untyped mixins; use them as Any.
-_THREADS: Any = dashscope.Threads
-_MESSAGES: Any = dashscope.Messages
-_RUNS: Any = dashscope.Runs
-_resolve_base_url: Any = resolve_base_url
-_DeleteResponse: Any = DeleteResponse
+DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+
+
+@cache
+def _sdk() -> Any:
+    """The ``dashscope`` module, imported on first use.
+
+    Importing the SDK costs about half a second (it loads every API it has);
+    the sweep and the CLI's read-only commands never need it, so they start fast.
+    The SDK's classes build their methods from untyped mixins: used as ``Any``.
+    """
+    import dashscope  # noqa: PLC0415
+
+    return dashscope
+
+
+@cache
+def _sdk_errors() -> tuple[type[BaseException], ...]:
+    from dashscope.common.error import AuthenticationError, InputRequired  # noqa: PLC0415
+
+    return (
+        AuthenticationError,
+        InputRequired,
+        requests.RequestException,
+        ValueError,  # requests' JSONDecodeError and json's are ValueErrors
+    )
+
+
+def _loaded_sdk() -> Any:
+    """The SDK if this process already imported it (its settings then win), else None."""
+    return sys.modules.get("dashscope")
+
+
+def resolve_api_key(api_key: str | None = None) -> str:
+    """The API key by the SDK's own rules, without importing the SDK.
+
+    Order: the argument; ``dashscope.api_key`` if the SDK is loaded;
+    ``DASHSCOPE_API_KEY``; the file at ``DASHSCOPE_API_KEY_FILE_PATH``;
+    ``~/.dashscope/api_key``. Raises :class:`RemoteAuthError` if none is set.
+    """
+    if api_key:
+        return api_key
+    sdk = _loaded_sdk()
+    if sdk is not None and getattr(sdk, "api_key", None):
+        return str(sdk.api_key)
+    if os.environ.get("DASHSCOPE_API_KEY"):
+        return os.environ["DASHSCOPE_API_KEY"]
+    candidates = [os.environ.get("DASHSCOPE_API_KEY_FILE_PATH"), "~/.dashscope/api_key"]
+    for candidate in candidates:
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_file():
+                key = path.read_text(encoding="utf-8").strip()
+                if key:
+                    return key
+    raise RemoteAuthError("no DashScope API key (set DASHSCOPE_API_KEY)")
+
+
+def resolve_base_url(base_url: str | None, workspace: str | None) -> str:
+    """The API base URL by the SDK's rules (incl. its ``{workspace_id}`` placeholder)."""
+    sdk = _loaded_sdk()
+    url = (
+        base_url
+        or (str(sdk.base_http_api_url) if sdk is not None else None)
+        or os.environ.get("DASHSCOPE_HTTP_BASE_URL")
+        or DEFAULT_BASE_URL
+    )
+    if "{workspace_id}" in url:
+        ws = workspace or os.environ.get("DASHSCOPE_WORKSPACE_ID")
+        if not ws:
+            raise ConfigError(
+                "the DashScope base URL contains {workspace_id} but no workspace is set"
+            )
+        url = url.replace("{workspace_id}", ws)
+    return url.rstrip("/")
 
 DEFAULT_TIMEOUT = 30.0
+_USER_AGENT = f"threadstore (python {sys.version_info[0]}.{sys.version_info[1]})"
 TERMINAL_RUN_STATUSES = frozenset(
     {"completed", "failed", "cancelled", "expired", "requires_action"}
 )
@@ -222,13 +292,15 @@ def _translate_exception(
     exc: BaseException, operation: str, thread_id: str | None
 ) -> ThreadStoreErrorLike:
     about = f" for {thread_id}" if thread_id else ""
-    if isinstance(exc, AuthenticationError):
+    # The SDK's own exceptions can only come from SDK calls, i.e. once it is loaded.
+    sdk_errors = _sdk_errors() if _loaded_sdk() is not None else ()
+    if sdk_errors and isinstance(exc, sdk_errors[0]):
         return RemoteAuthError(
             f"{operation}{about}: no DashScope API key (set DASHSCOPE_API_KEY)",
             operation=operation,
             thread_id=thread_id,
         )
-    if isinstance(exc, InputRequired):
+    if sdk_errors and isinstance(exc, sdk_errors[1]):
         return ConfigError(f"{operation}{about}: {exc}")
     if isinstance(exc, requests.Timeout):
         return RemoteUnavailable(
@@ -250,12 +322,6 @@ def _translate_exception(
 
 ThreadStoreErrorLike = RemoteError | ConfigError
 
-_SDK_ERRORS: tuple[type[BaseException], ...] = (
-    AuthenticationError,
-    InputRequired,
-    requests.RequestException,
-    ValueError,  # requests' JSONDecodeError and json's are ValueErrors
-)
 
 
 def _check(result: Any, operation: str, thread_id: str | None = None) -> Any:
@@ -408,7 +474,7 @@ class DashScopeRemote:
 
     @property
     def base_url(self) -> str:
-        return self._base_url or str(dashscope.base_http_api_url)
+        return resolve_base_url(self._base_url, None)
 
     def _kw(self, workspace: str | None) -> dict[str, Any]:
         kw: dict[str, Any] = {"workspace": workspace, "request_timeout": self.timeout}
@@ -423,7 +489,7 @@ class DashScopeRemote:
     ) -> Any:
         try:
             result = fn(*a, **kw)
-        except _SDK_ERRORS as exc:
+        except _sdk_errors() as exc:
             raise _translate_exception(exc, operation, about) from exc
         return _check(result, operation, about)
 
@@ -439,7 +505,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.create",
             None,
-            _THREADS.create,
+            _sdk().Threads.create,
             messages=[dict(m) for m in messages] if messages else None,
             metadata=dict(metadata) if metadata else None,
             **self._kw(workspace),
@@ -450,7 +516,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.retrieve",
             thread_id,
-            _THREADS.retrieve,
+            _sdk().Threads.retrieve,
             thread_id,
             **self._kw(workspace),
         )
@@ -462,7 +528,7 @@ class DashScopeRemote:
         result = self._call(
             "threads.update",
             thread_id,
-            _THREADS.update,
+            _sdk().Threads.update,
             thread_id,
             metadata=dict(metadata),
             **self._kw(workspace),
@@ -472,15 +538,19 @@ class DashScopeRemote:
     def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
         """``DELETE threads/{id}`` over the pooled session; 404 raises RemoteNotFound."""
         operation = "threads.delete"
+        headers = {
+            "Authorization": f"Bearer {resolve_api_key(self._api_key)}",
+            "Accept": "application/json; charset=utf-8",
+            "User-Agent": _USER_AGENT,
+        }
+        if workspace is not None:
+            headers["X-DashScope-WorkSpace"] = workspace
+        base = resolve_base_url(self._base_url, workspace)
         try:
-            headers = default_headers(self._api_key)  # type: ignore[arg-type]
-            if workspace is not None:
-                headers["X-DashScope-WorkSpace"] = workspace
-            base = _resolve_base_url(self.base_url, workspace).rstrip("/")
             response = self._pooled().delete(
                 f"{base}/threads/{thread_id}", headers=headers, timeout=self.timeout
             )
-        except _SDK_ERRORS as exc:
+        except (requests.RequestException, ValueError) as exc:
             raise _translate_exception(exc, operation, thread_id) from exc
         body = _json_or_none(response)
         if response.status_code == 200 and body is not None and body.get("deleted") is not False:
@@ -526,7 +596,7 @@ class DashScopeRemote:
         result = self._call(
             "messages.create",
             thread_id,
-            _MESSAGES.create,
+            _sdk().Messages.create,
             thread_id,
             content=content,
             role=role,
@@ -546,7 +616,7 @@ class DashScopeRemote:
         result = self._call(
             "messages.list",
             thread_id,
-            _MESSAGES.list,
+            _sdk().Messages.list,
             thread_id,
             limit=limit,
             order="asc",
@@ -571,7 +641,7 @@ class DashScopeRemote:
         result = self._call(
             "runs.create",
             thread_id,
-            _RUNS.create,
+            _sdk().Runs.create,
             thread_id,
             assistant_id=assistant_id,
             model=model,
@@ -587,7 +657,7 @@ class DashScopeRemote:
         result = self._call(
             "runs.retrieve",
             thread_id,
-            _RUNS.retrieve,
+            _sdk().Runs.retrieve,
             run_id,
             thread_id=thread_id,
             **self._kw(workspace),
@@ -629,10 +699,10 @@ def sdk_delete_response(thread_id: str, error: RemoteError | None = None) -> Any
     ``request_id`` like the SDK's error results.
     """
     if error is None:
-        return _DeleteResponse(
+        return _sdk().assistants.assistant_types.DeleteResponse(
             id=thread_id, object="thread.deleted", deleted=True, status_code=200
         )
-    return _DeleteResponse(
+    return _sdk().assistants.assistant_types.DeleteResponse(
         status_code=error.status_code,
         code=error.code or "",
         message=str(error),

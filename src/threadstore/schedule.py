@@ -60,7 +60,7 @@ def _job(run: Callable[[], Any]) -> Callable[[], None]:
     """Wrap one sweep so that its outcome is logged and no error escapes."""
 
     def sweep_job() -> None:
-        log.info("sweep starting")
+        log.debug("sweep starting")
         try:
             report = run()
         except RemoteAuthError as exc:

@@ -174,13 +174,13 @@ def thread_counts(engine: Engine, thread_ids: Iterable[str]) -> Mapping[str, Thr
                 select(messages.c.thread_id, func.count())
                 .where(messages.c.thread_id.in_(ids))
                 .group_by(messages.c.thread_id)
-            ).tuples()
+            ).all()
         )
         n_run: dict[str, int] = dict(
             conn.execute(
                 select(runs.c.thread_id, func.count())
                 .where(runs.c.thread_id.in_(ids))
                 .group_by(runs.c.thread_id)
-            ).tuples()
+            ).all()
         )
     return {i: ThreadCounts(_int(n_msg.get(i)), _int(n_run.get(i))) for i in ids}

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -395,8 +395,8 @@ class SweepReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``threadstore sweep --json``)."""
-        data = asdict(self)
-        data.pop("auth_error")
+        # Not asdict(): it would deep-copy auth_error and the SDK response it holds.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "auth_error"}
         data["failed"] = [{"thread_id": tid, "error": err} for tid, err in self.failed]
         data["would_delete"] = list(self.would_delete)
         data["elapsed"] = round(self.elapsed, 3)

@@ -1,0 +1,134 @@
+"""The expiry sweep against the naive loop from the vendor docs.
+
+Against the emulator in its own process, with ``--latency-ms`` (default 50) on
+every delete, it times in one run:
+
+* **naive**: sqlite3 selects the expired ids, then per id
+  ``dashscope.Threads.delete`` through the SDK and ``DELETE`` of the row, one
+  commit each (and, unlike ours, it ignores the SDK's non-raising errors);
+* **store.sweep**: ``ThreadStore.sweep`` in process, default settings;
+* **threadstore sweep**: the CLI in a subprocess, default settings (process
+  start-up included),
+
+each on N freshly seeded expired threads, and prints the speed-up (goal: at
+least 12x) and how far the sweep is from the ideal N·latency/concurrency (goal:
+within 1.5x).
+
+    python benchmarks/bench_sweep.py [--n 400] [--latency-ms 50] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dashscope
+import requests
+from _emulator import API_KEY, emulator_process
+from sqlalchemy import insert
+
+from threadstore import DashScopeRemote, ThreadStore
+from threadstore.models import threads
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def seed(url: str, store: ThreadStore, n: int) -> list[str]:
+    """``n`` threads on the emulator, mirrored and idle for two hours (not timed)."""
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def create(_: int) -> str:
+        response = session.post(f"{url}/threads", json={}, headers=headers, timeout=10)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(create, range(n)))
+    idle = datetime.now(timezone.utc) - timedelta(hours=2)
+    with store.engine.begin() as conn:
+        rows = [{"thread_id": t, "created_at": idle, "last_active": idle} for t in ids]
+        conn.execute(insert(threads), rows)
+    return ids
+
+
+def naive(db_path: Path) -> tuple[float, int]:
+    """The vendor-docs loop: select expired, delete remotely, delete the row; per id."""
+    start = time.perf_counter()
+    conn = sqlite3.connect(db_path)
+    cutoff = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(tzinfo=None)
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT thread_id FROM threads WHERE last_active < ?", (cutoff.isoformat(" "),)
+        )
+    ]
+    for thread_id in ids:
+        dashscope.Threads.delete(thread_id, api_key=API_KEY)
+        conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+        conn.commit()
+    conn.close()
+    return time.perf_counter() - start, len(ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=400, help="expired threads per contender")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="emulator delay per delete")
+    parser.add_argument("--concurrency", type=int, default=16, help="the sweep's default is 16")
+    args = parser.parse_args()
+    n, latency = args.n, args.latency_ms / 1000
+
+    with emulator_process(delete_latency_ms=args.latency_ms) as url, \
+            tempfile.TemporaryDirectory() as tmp:
+        dashscope.base_http_api_url = url
+        db_path = Path(tmp) / "bench.db"
+        db_url = f"sqlite:///{db_path}"
+        remote = DashScopeRemote(api_key=API_KEY, base_url=url)
+        with ThreadStore(db_url, remote=remote) as store:
+            seed(url, store, n)
+            naive_time, naive_n = naive(db_path)
+
+            seed(url, store, n)
+            report = store.sweep(timedelta(hours=1), concurrency=args.concurrency)
+            if report.deleted != n or report.failed:
+                raise SystemExit(f"the sweep did not delete everything: {report.summary()}")
+            sweep_time = report.elapsed
+
+            seed(url, store, n)
+        env = {**os.environ, "DASHSCOPE_HTTP_BASE_URL": url, "DASHSCOPE_API_KEY": API_KEY}
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "threadstore", "--db", db_url, "-q", "sweep", "--hours", "1",
+             "--concurrency", str(args.concurrency)],
+            env=env,
+            check=True,
+        )
+        cli_time = time.perf_counter() - start
+
+    ideal = n * latency / args.concurrency
+    print(f"{n} expired threads, {args.latency_ms:g} ms per remote delete, "
+          f"concurrency {args.concurrency}")
+    rows = [
+        ("naive select/delete/delete loop", naive_time, f"({naive_n} threads)"),
+        ("store.sweep (in process)", sweep_time,
+         f"speed-up {naive_time / sweep_time:5.1f}x (goal >= 12x)"),
+        ("threadstore sweep (CLI, with start-up)", cli_time,
+         f"speed-up {naive_time / cli_time:5.1f}x"),
+        ("ideal N*latency/concurrency", ideal,
+         f"store.sweep is {sweep_time / ideal:.2f}x the ideal (goal <= 1.5x)"),
+    ]
+    for name, seconds, note in rows:
+        print(f"  {name:<40} {seconds:7.2f} s  {note}")
+
+if __name__ == "__main__":
+    main()
