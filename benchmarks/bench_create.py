@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 
 import dashscope
-
 from _emulator import API_KEY, emulator_process
+
 from threadstore import DashScopeRemote, ThreadStore
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

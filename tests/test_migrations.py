@@ -76,4 +76,4 @@ def test_concurrent_first_opens_do_not_collide(db_url: str) -> None:
 
 def test_schema_head_constant_matches_the_scripts() -> None:
     """db.SCHEMA_HEAD (the fast check on open) names the newest migration."""
-    assert db.SCHEMA_HEAD == db.head_revision()
+    assert db.head_revision() == db.SCHEMA_HEAD

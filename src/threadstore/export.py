@@ -47,7 +47,9 @@ import csv
 import io
 import json
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -170,6 +172,7 @@ class _Query:
     names: tuple[str, ...]
     kinds: tuple[str, ...]
     ts_mode: str
+    table: str
     # Read plain tuples straight from the driver's cursor (SQLite): SQLAlchemy's
     # rows would cost more than the rest of the export.
     raw_cursor: bool
@@ -283,6 +286,7 @@ def _build(
         tuple(n for n, _ in spec),
         tuple(k for _, k in spec),
         ts_mode,
+        table,
         raw_cursor=dialect == "sqlite",
     )
 
@@ -519,9 +523,24 @@ class _ArrowWriter(_Writer):
         return bool(self.pc.any(self.pc.match_substring_regex(arr, _ENCODED_RE)).as_py())
 
     def batch(self, rows: list[tuple[Any, ...]]) -> Any:
-        pa, pc, string = self.pa, self.pc, self.pa.string()
         # Rows to columns in C++: a struct array straight from the tuples.
-        raw = pa.RecordBatch.from_struct_array(pa.array(rows, self.raw_type))
+        return self.transform(
+            self.pa.RecordBatch.from_struct_array(self.pa.array(rows, self.raw_type))
+        )
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self.put(self.batch(rows))
+
+    def write_arrow(self, raw: Any) -> None:
+        """Write a record batch as fetched (raw values, see ``raw_type``)."""
+        self.put(self.transform(raw))
+
+    def put(self, batch: Any) -> None:
+        raise NotImplementedError
+
+    def transform(self, raw: Any) -> Any:
+        """Raw values (timestamps as text, booleans as 0/1) to the export's columns."""
+        pa, pc, string = self.pa, self.pc, self.pa.string()
         arrays = []
         lengths = None
         for i, (kind, field) in enumerate(zip(self.query.kinds, self.schema, strict=True)):
@@ -559,8 +578,8 @@ class _ArrowCsvWriter(_ArrowWriter):
         self.options = [pa.csv.WriteOptions(include_header=h) for h in (False, True)]
         self.header = True
 
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        self._emit(self.batch(rows))
+    def put(self, batch: Any) -> None:
+        self._emit(batch)
 
     def _emit(self, batch: Any) -> None:
         out = self.pa.BufferOutputStream()
@@ -578,11 +597,115 @@ class _ParquetWriter(_ArrowWriter):
         super().__init__(sink, query, codec, redact, pa, parquet=True)
         self.writer = pa.parquet.ParquetWriter(sink.file, self.schema)
 
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        self.writer.write_batch(self.batch(rows))
+    def put(self, batch: Any) -> None:
+        self.writer.write_batch(batch)
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _adbc_sqlite() -> Any | None:
+    """Arrow's ADBC SQLite driver (``threadstore[export]``), or None: it is optional."""
+    try:
+        import adbc_driver_sqlite.dbapi  # noqa: PLC0415 - optional, imported only when used
+    except ImportError:
+        return None
+    return adbc_driver_sqlite.dbapi
+
+
+def _sqlite_param(value: Any) -> Any:
+    """A bound value as SQLite stores it (our datetimes: naive UTC text)."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def _adbc_batches(engine: Engine, query: _Query, size: int) -> Iterator[Any] | None:
+    """Record batches read by ADBC straight into Arrow (no Python object per value).
+
+    Python's sqlite3 spends more time making a str per cell than SQLite spends
+    finding the rows; ADBC builds Arrow arrays in C. Only for the big tables of
+    a SQLite file, and only when the driver is installed; None otherwise.
+    """
+    dbapi = _adbc_sqlite()
+    database = engine.url.database or ""
+    if (
+        dbapi is None
+        or engine.dialect.name != "sqlite"
+        or query.table not in ("messages", "runs")
+        or database in ("", ":memory:")
+        or database.startswith("file:")
+    ):
+        return None
+    compiled = query.statement.compile(dialect=engine.dialect)
+    params = compiled.construct_params()
+    args = [_sqlite_param(params[name]) for name in compiled.positiontup or ()]
+    # ADBC infers each column's type from the first rows, and a column that
+    # starts with NULLs would be typed wrong; a leading row of typed dummies
+    # (UNION ALL keeps its operands' order) pins the types. It is dropped below.
+    sentinel = ", ".join(
+        f"{0 if kind in (INT, LEN, BOOL) else repr('')} AS {name}"
+        for name, kind in zip(query.names, query.kinds, strict=True)
+    )
+    sql = f"SELECT {sentinel} UNION ALL {compiled.string}"
+
+    def batches() -> Iterator[Any]:
+        try:
+            conn = dbapi.connect(database)
+            try:
+                cursor = conn.cursor()
+                cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(size)})
+                cursor.execute(sql, args)
+                first = True
+                for raw in cursor.fetch_record_batch():
+                    if first:
+                        raw, first = raw.slice(1), False
+                    if raw.num_rows:
+                        yield raw
+            finally:
+                conn.close()
+        except (dbapi.Error, OSError) as exc:
+            raise StoreError(f"export of {query.table} failed: {exc}") from exc
+
+    return batches()
+
+
+def _prefetched(source: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """Iterate ``source`` in a helper thread, up to ``depth`` items ahead.
+
+    ADBC fetches and pyarrow writes both run in C without the GIL, so reading the
+    next batch while this one is written overlaps most of the two. Memory stays
+    bounded by ``depth`` batches. An error in ``source`` is raised here.
+    """
+    done = object()
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            items.put(exc)
+
+    worker = threading.Thread(target=produce, name="threadstore-export-fetch", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def _pyarrow() -> Any | None:
@@ -670,13 +793,22 @@ def export(
     )
     written = 0
     try:
-        with _open_target(path_or_file) as sink, db.read(engine) as conn:
+        with _open_target(path_or_file) as sink:
             writer = _writer(fmt, sink, query, codec, redact)
-            for rows in _batches(conn, query, batch_size):
-                writer.write(rows)
-                written += len(rows)
-                if progress is not None:
-                    progress(written)
+            arrow = _adbc_batches(engine, query, batch_size) if fmt != "jsonl" else None
+            if arrow is not None and isinstance(writer, _ArrowWriter):
+                for raw in _prefetched(arrow):
+                    writer.write_arrow(raw)
+                    written += raw.num_rows
+                    if progress is not None:
+                        progress(written)
+            else:
+                with db.read(engine) as conn:
+                    for rows in _batches(conn, query, batch_size):
+                        writer.write(rows)
+                        written += len(rows)
+                        if progress is not None:
+                            progress(written)
             writer.close()
     except SQLAlchemyError as exc:
         raise StoreError(f"export of {table} failed: {db._short(exc)}") from exc

@@ -1,7 +1,7 @@
 """The remote side: a small ``Remote`` protocol and its DashScope implementation.
 
-This is the only module that imports ``dashscope`` (lazily: see :func:`_sdk`). It exists so that the rest of
-threadstore never has to remember the SDK's traps:
+This is the only module that imports ``dashscope`` (lazily, see :func:`_sdk`). It exists
+so that the rest of threadstore never has to remember the SDK's traps:
 
 * the SDK does **not** raise on HTTP errors; it returns its ordinary result object
   with ``status_code`` 404/429/500… and the success fields missing. Every result
@@ -20,16 +20,15 @@ threadstore never has to remember the SDK's traps:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol, runtime_checkable
-
-import os
-import sys
 from functools import cache
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import requests
 from requests.adapters import HTTPAdapter
