@@ -656,12 +656,10 @@ def _adbc_batches(engine: Engine, query: _Query, size: int) -> Iterator[Any] | N
                 cursor = conn.cursor()
                 cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(size)})
                 cursor.execute(sql, args)
-                first = True
-                for raw in cursor.fetch_record_batch():
-                    if first:
-                        raw, first = raw.slice(1), False
-                    if raw.num_rows:
-                        yield raw
+                for i, fetched in enumerate(cursor.fetch_record_batch()):
+                    batch = fetched.slice(1) if i == 0 else fetched
+                    if batch.num_rows:
+                        yield batch
             finally:
                 conn.close()
         except (dbapi.Error, OSError) as exc:
