@@ -292,7 +292,7 @@ def test_thread_leased_by_another_deleter_is_skipped(
 
 
 def test_claimed_thread_refuses_writes(store: ThreadStore, emulator: Emulator) -> None:
-    """While a sweep holds a thread, add_message / update_thread / run raise ThreadExpired."""
+    """While a sweep holds a thread, add_message / update_thread / run / touch raise ThreadExpired."""
     (tid,) = _expired(store, 1)
     emulator.set_latency(0.5, op="threads.delete")
     reports: list[SweepReport] = []
@@ -309,6 +309,8 @@ def test_claimed_thread_refuses_writes(store: ThreadStore, emulator: Emulator) -
             store.update_thread(tid, metadata={"x": 1})
         with pytest.raises(ThreadExpired):
             store.run(tid, assistant_id="asst_1")
+        with pytest.raises(ThreadExpired):
+            store.touch(tid)
     finally:
         sweeper.join()
     assert reports[0].deleted == 1

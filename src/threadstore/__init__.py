@@ -32,7 +32,10 @@ from .errors import (
 )
 from .models import MessageRecord, RunRecord, ThreadRecord
 from .remote import DashScopeRemote, Remote
+from .stats import Stats
 from .store import ThreadStore
+from .sweep import SweepReport
+from .verify import VerifyReport
 
 try:
     __version__ = version("threadstore")
@@ -50,11 +53,14 @@ __all__ = [
     "RemoteRateLimited",
     "RemoteUnavailable",
     "RunRecord",
+    "Stats",
     "StoreError",
+    "SweepReport",
     "ThreadExpired",
     "ThreadNotFound",
     "ThreadRecord",
     "ThreadStore",
     "ThreadStoreError",
+    "VerifyReport",
     "__version__",
 ]

@@ -29,7 +29,6 @@ from . import __version__, db
 from . import export as export_module
 from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
-from .remote import DashScopeRemote
 from .schedule import parse_duration, run_blocking
 from .stats import thread_counts
 from .store import ThreadStore
@@ -573,11 +572,6 @@ def _sweep_options(fn: F) -> F:
     return fn
 
 
-def _sweep_remote(concurrency: int) -> DashScopeRemote:
-    # One kept-alive connection per worker, or urllib3 discards (and logs) the extras.
-    return DashScopeRemote(pool_size=max(32, concurrency))
-
-
 class _ProgressLine:
     """``swept 120/400`` rewritten in place on a terminal's stderr."""
 
@@ -634,7 +628,7 @@ def sweep_command(
     """
     older_than = _older_than(days, hours)
     progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
-    with obj.store(remote=_sweep_remote(concurrency)) as store:
+    with obj.store() as store:
         try:
             report = store.sweep(
                 older_than,
@@ -705,7 +699,7 @@ def schedule_command(
         "archive": archive,
         "stop": stop,
     }
-    with obj.store(remote=_sweep_remote(concurrency)) as store:
+    with obj.store() as store:
         run_blocking(lambda: store.sweep(older_than, **options), every=every, stop=stop)
 
 

@@ -46,10 +46,12 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -80,6 +82,8 @@ __all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "export"]
 TABLES = ("threads", "messages", "runs", "deletions")
 FORMATS = ("jsonl", "csv", "parquet")
 BATCH = 5000
+log = logging.getLogger(__name__)
+
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
 # Column kinds: how a value is typed in Parquet and treated on the way out.
@@ -790,6 +794,7 @@ def export(
         user_id=user_id,
     )
     written = 0
+    started = time.perf_counter()
     try:
         with _open_target(path_or_file) as sink:
             writer = _writer(fmt, sink, query, codec, redact)
@@ -810,6 +815,19 @@ def export(
             writer.close()
     except SQLAlchemyError as exc:
         raise StoreError(f"export of {table} failed: {db._short(exc)}") from exc
+    log.info(
+        "exported %d %s as %s to %s in %.2f s (since=%s until=%s workspace=%s user=%s%s)",
+        written,
+        table,
+        fmt,
+        path_or_file if isinstance(path_or_file, str | Path) else "a file object",
+        time.perf_counter() - started,
+        since.isoformat() if since else "-",
+        until.isoformat() if until else "-",
+        workspace or "-",
+        user_id or "-",
+        ", redacted" if redact else "",
+    )
     return written
 
 

@@ -448,7 +448,9 @@ class DashScopeRemote:
     ``DASHSCOPE_API_KEY_FILE_PATH``); ``base_url`` to ``DASHSCOPE_HTTP_BASE_URL``
     (read by the SDK at import, which is how the emulator is reached).
     ``timeout`` bounds every request, in seconds. ``pool_size`` is the number of
-    kept-alive connections of the pooled delete transport.
+    kept-alive connections of the pooled delete transport: at least the sweep's
+    ``concurrency`` (urllib3 discards and logs the extras); a connection is only
+    opened when needed, so a large pool costs nothing.
     """
 
     def __init__(
@@ -457,7 +459,7 @@ class DashScopeRemote:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        pool_size: int = 32,
+        pool_size: int = 256,
     ) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be a positive number of seconds")

@@ -153,7 +153,8 @@ class ThreadStore:
     defaults to :class:`~threadstore.remote.DashScopeRemote` (key and endpoint
     from the SDK's environment variables). ``encryption_key`` defaults to
     ``THREADSTORE_ENCRYPTION_KEY``: with a key, message text and metadata are
-    encrypted at rest.
+    encrypted at rest; ``old_keys`` (default ``THREADSTORE_ENCRYPTION_OLD_KEYS``)
+    still decrypt what earlier keys wrote, for rotation (:meth:`rotate_key`).
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -164,6 +165,7 @@ class ThreadStore:
         *,
         remote: Remote | None = None,
         encryption_key: str | None = None,
+        old_keys: Sequence[str] = (),
         migrate: bool = True,
         owner: str | None = None,
     ) -> None:
@@ -172,7 +174,9 @@ class ThreadStore:
             url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
         )
         self.remote: Remote = remote if remote is not None else DashScopeRemote()
-        self.codec = Codec(encryption_key) if encryption_key else Codec.from_env()
+        self.codec = (
+            Codec(encryption_key, tuple(old_keys)) if encryption_key else Codec.from_env()
+        )
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._closed = False
         if migrate:
@@ -647,11 +651,15 @@ class ThreadStore:
             return self._thread(self._row(conn, thread_id))
 
     def touch(self, thread_id: str, *, at: datetime | None = None) -> ThreadRecord:
-        """Record activity now, or at ``at`` (an aware datetime, for backfills)."""
+        """Record activity now, or at ``at`` (an aware datetime, for backfills).
+
+        Like every write, refused with :class:`ThreadExpired` while a deleter
+        holds the thread: activity cannot save a thread already being deleted.
+        """
         when = _check_aware(at) if at is not None else utcnow()
         _check_id(thread_id)
         with self._write() as conn:
-            row = self._row(conn, thread_id)
+            row = self._writable_row(conn, thread_id)
             conn.execute(
                 update(threads)
                 .where(threads.c.thread_id == thread_id)
