@@ -292,7 +292,7 @@ def test_thread_leased_by_another_deleter_is_skipped(
 
 
 def test_claimed_thread_refuses_writes(store: ThreadStore, emulator: Emulator) -> None:
-    """While a sweep holds a thread, add_message / update_thread / run / touch raise ThreadExpired."""
+    """While a sweep holds a thread, every write to it (message, update, run, touch) is refused."""
     (tid,) = _expired(store, 1)
     emulator.set_latency(0.5, op="threads.delete")
     reports: list[SweepReport] = []
