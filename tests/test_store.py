@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
+from conftest import API_KEY
 from threadstore import (
     ConfigError,
     DashScopeRemote,
@@ -322,3 +323,60 @@ def test_reopening_keeps_data_and_schema(db_url: str, remote: DashScopeRemote) -
         tid = s.create_thread(user_id="u").thread_id
     with ThreadStore(db_url, remote=remote) as s:
         assert s.get_thread(tid).user_id == "u"
+
+
+@pytest.mark.parametrize("fault", [{"hang": True}, {"drop": True}])
+def test_create_whose_answer_is_lost_keeps_its_intent_row(
+    db_url: str, emulator: Emulator, fault: dict[str, bool]
+) -> None:
+    """No answer to a create (timeout, dropped connection): the intent row stays, visible."""
+    from threadstore.stats import Stats
+
+    remote = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=0.5)
+    with ThreadStore(db_url, remote=remote) as s:
+        emulator.fail("threads.create", times=1, **fault)
+        with pytest.raises(RemoteUnavailable) as info:
+            s.create_thread(user_id="u1")
+        assert info.value.outcome_unknown
+        assert s.list_threads() == []  # not a usable thread ...
+        stats: Stats = s.stats()
+        assert stats.threads_creating == 1  # ... but on record as a possible orphan
+        with s.engine.connect() as conn:
+            row = conn.execute(select(threads)).mappings().one()
+        assert row["status"] == "creating"
+        assert row["last_error"].startswith("create outcome unknown")
+
+
+def test_create_that_never_reached_dashscope_leaves_nothing() -> None:
+    """A refused connection is a definite failure: no intent row is kept."""
+    remote = DashScopeRemote(api_key=API_KEY, base_url="http://127.0.0.1:9/api/v1", timeout=2)
+    with ThreadStore("sqlite://", remote=remote) as s:
+        with pytest.raises(RemoteUnavailable) as info:
+            s.create_thread()
+        assert not info.value.outcome_unknown
+        assert _count(s, threads) == 0
+
+
+def test_database_failure_after_remote_delete_keeps_the_row_for_a_retry(
+    store: ThreadStore, emulator: Emulator
+) -> None:
+    """delete_thread: if the local delete fails, the row stays; a later retry completes it."""
+    t = store.create_thread()
+
+    def boom(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM THREADS"):
+            raise OperationalError(statement, {}, Exception("disk full (injected)"))
+
+    event.listen(store.engine, "before_cursor_execute", boom)
+    try:
+        with pytest.raises(StoreError):
+            store.delete_thread(t.thread_id, lease=timedelta(seconds=1))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", boom)
+    assert not emulator.thread_exists(t.thread_id)
+    assert _count(store, threads) == 1  # never a remote thread without its row
+    time.sleep(1.1)
+    store.delete_thread(t.thread_id)  # DashScope now says 404: already gone
+    assert _count(store, threads) == 0
+    with store.engine.connect() as conn:
+        assert conn.execute(select(deletions.c.remote_result)).scalar_one() == "already_gone"

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from sqlalchemy import func, insert, select, update
 
+from conftest import API_KEY
 from threadstore import (
     ConfigError,
     DashScopeRemote,
@@ -587,3 +588,62 @@ def test_cli_sweep_help_has_an_example(runner: CliRunner) -> None:
     for text in ("--days", "--hours", "--dry-run", "--archive", "--lease", "--json",
                  "threadstore sweep --days 7 --dry-run"):
         assert text in result.output
+
+
+# ------------------------------------------------- timeouts, drops, a failing database
+
+
+def test_timeouts_and_dropped_connections_are_kept_for_retry(
+    db_url: str, emulator: Emulator
+) -> None:
+    """A delete that hangs past the timeout, or whose connection drops, keeps its row."""
+    remote = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=0.5)
+    with ThreadStore(db_url, remote=remote) as store:
+        hung, dropped, fine = _expired(store, 3)
+        emulator.fail("threads.delete", thread_id=hung, hang=True, times=1)
+        emulator.fail("threads.delete", thread_id=dropped, drop=True, times=1)
+
+        report = store.sweep(WEEK, retry_base=FAST)
+
+        assert report.deleted == 1
+        assert sorted(tid for tid, _ in report.failed) == sorted([hung, dropped])
+        assert _local_ids(store) == {hung, dropped}
+        assert _row(store, hung)["attempts"] == 1
+        assert "timed out" in str(_row(store, hung)["last_error"])
+        _assert_no_orphans(store, emulator, [hung, dropped, fine])
+        time.sleep(0.1)
+        assert store.sweep(WEEK, retry_base=FAST).deleted == 2
+        assert _local_ids(store) == set()
+
+
+def test_database_failure_while_finishing_leaves_no_orphan(
+    store: ThreadStore, emulator: Emulator
+) -> None:
+    """If the local delete fails after DashScope confirmed, the rows stay; a later sweep ends it."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    from threadstore import StoreError
+
+    ids = _expired(store, 5)
+
+    def boom(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM THREADS"):
+            raise OperationalError(statement, {}, Exception("disk full (injected)"))
+
+    event.listen(store.engine, "before_cursor_execute", boom)
+    try:
+        with pytest.raises(StoreError):
+            store.sweep(WEEK, lease=timedelta(seconds=1))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", boom)
+    assert emulator.count("threads.delete", status=200) >= 1  # DashScope did delete some
+    assert _local_ids(store) == set(ids)  # ... yet every row is still here
+    _assert_no_orphans(store, emulator, ids)
+
+    time.sleep(1.1)  # the failed sweep's leases run out
+    report = store.sweep(WEEK)
+    assert report.deleted + report.already_gone == 5
+    assert report.already_gone >= 1
+    assert _local_ids(store) == set()
+    assert sum(emulator.count("threads.delete", thread_id=t, status=200) for t in ids) == 5

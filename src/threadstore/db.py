@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 
 __all__ = [
     "DEFAULT_URL",
@@ -147,18 +147,28 @@ def open_engine(url: str | URL, *, echo: bool = False) -> Engine:
 
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
-    """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
-    with engine.begin() as conn:
-        yield conn
+    """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success.
+
+    The one place where database errors become :class:`StoreError` (rolled
+    back; the SQLAlchemy error chained), for every module that writes.
+    """
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database write failed: {_short(exc)}") from exc
 
 
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
-    """One read transaction that never takes SQLite's write lock."""
-    with engine.connect() as raw:
-        conn = raw.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
-        with conn.begin():
-            yield conn
+    """One read transaction that never takes SQLite's write lock; errors as in :func:`write`."""
+    try:
+        with engine.connect() as raw:
+            conn = raw.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+            with conn.begin():
+                yield conn
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed: {_short(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- migrations
@@ -213,7 +223,7 @@ def at_head(engine: Engine) -> bool:
     try:
         with read(engine) as conn:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-    except SQLAlchemyError:
+    except StoreError:
         return False  # no version table yet, or unreachable: the slow path says which
     return [r[0] for r in rows] == [SCHEMA_HEAD]
 
@@ -232,10 +242,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with write(engine) as conn:
             _lock_for_migration(conn)
             command.upgrade(alembic_config(conn), revision)
-    except SQLAlchemyError as exc:
-        raise ConfigError(
-            f"cannot open database {safe_url(engine.url)}: {_short(exc)}"
-        ) from exc
+    except StoreError as exc:
+        cause = exc.__cause__
+        detail = _short(cause) if isinstance(cause, SQLAlchemyError) else str(exc)
+        raise ConfigError(f"cannot open database {safe_url(engine.url)}: {detail}") from exc
 
 
 def downgrade(engine: Engine, revision: str) -> None:

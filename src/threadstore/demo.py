@@ -30,10 +30,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 from sqlalchemy import func, inspect, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .errors import ConfigError, ThreadNotFound, ThreadStoreError
+from .errors import ConfigError, StoreError, ThreadNotFound, ThreadStoreError
 from .models import messages, threads, utcnow
 from .remote import DashScopeRemote
 from .store import ThreadStore
@@ -159,8 +158,8 @@ def _check_empty(url: str) -> None:
             if not inspect(conn).has_table(threads.name):
                 return
             present = conn.execute(select(func.count()).select_from(threads)).scalar_one()
-    except SQLAlchemyError as exc:
-        raise ConfigError(f"cannot open database {db.safe_url(url)}: {db._short(exc)}") from exc
+    except StoreError as exc:
+        raise ConfigError(f"cannot open database {db.safe_url(url)}: {exc}") from exc
     finally:
         engine.dispose()
     if present:

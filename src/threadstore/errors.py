@@ -138,7 +138,17 @@ class RemoteRateLimited(RemoteError):
 
 
 class RemoteUnavailable(RemoteError):
-    """DashScope failed transiently: 5xx, 408, a timeout or a connection error."""
+    """DashScope failed transiently: 5xx, 408, a timeout or a connection error.
+
+    ``outcome_unknown`` is True when the request was sent but no answer came
+    back (a read timeout, a connection dropped mid-request): DashScope may have
+    carried it out. For a create, that means a thread may exist whose id we
+    never learned.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False, **kw: Any) -> None:
+        self.outcome_unknown = outcome_unknown
+        super().__init__(message, **kw)
 
     @property
     def transient(self) -> bool:

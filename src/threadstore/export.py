@@ -70,7 +70,6 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .codec import PLAIN_PREFIX, PREFIX, Codec
@@ -813,8 +812,8 @@ def export(
                         if progress is not None:
                             progress(written)
             writer.close()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"export of {table} failed: {db._short(exc)}") from exc
+    except StoreError as exc:
+        raise StoreError(f"export of {table} failed: {exc}") from exc.__cause__
     log.info(
         "exported %d %s as %s to %s in %.2f s (since=%s until=%s workspace=%s user=%s%s)",
         written,

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from .errors import (
     ConfigError,
@@ -303,13 +304,17 @@ def _translate_exception(
         return ConfigError(f"{operation}{about}: {exc}")
     if isinstance(exc, requests.Timeout):
         return RemoteUnavailable(
-            f"{operation}{about} timed out", operation=operation, thread_id=thread_id
+            f"{operation}{about} timed out",
+            operation=operation,
+            thread_id=thread_id,
+            outcome_unknown=not isinstance(exc, requests.ConnectTimeout),
         )
     if isinstance(exc, requests.ConnectionError):
         return RemoteUnavailable(
             f"{operation}{about}: cannot reach DashScope ({type(exc).__name__})",
             operation=operation,
             thread_id=thread_id,
+            outcome_unknown=_dropped_mid_request(exc),
         )
     # A 200 whose body is not JSON: a proxy or a broken gateway; worth retrying.
     return RemoteUnavailable(
@@ -320,6 +325,14 @@ def _translate_exception(
 
 
 ThreadStoreErrorLike = RemoteError | ConfigError
+
+
+def _dropped_mid_request(exc: requests.ConnectionError) -> bool:
+    """True if the connection broke after the request went out (not a refused connect)."""
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, ProtocolError)
 
 
 

@@ -17,6 +17,7 @@ back as a whole. Database errors surface as :class:`~threadstore.errors.StoreErr
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -24,8 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -40,7 +40,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .codec import Codec, refuse_nul
@@ -213,21 +212,11 @@ class ThreadStore:
 
     # ------------------------------------------------------------------ transactions
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with db.write(self.engine) as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database write failed: {db._short(exc)}") from exc
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        return db.write(self.engine)
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with db.read(self.engine) as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database read failed: {db._short(exc)}") from exc
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        return db.read(self.engine)
 
     # ------------------------------------------------------------------ rows → records
 
@@ -389,6 +378,12 @@ class ThreadStore:
             remote = self.remote.create_thread(
                 messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
             )
+        except RemoteUnavailable as exc:
+            if exc.outcome_unknown:
+                self._keep_intent(intent_id, exc)
+            else:
+                self._drop_intent(intent_id)
+            raise
         except BaseException:
             self._drop_intent(intent_id)
             raise
@@ -432,9 +427,32 @@ class ThreadStore:
         try:
             with db.write(self.engine) as conn:
                 conn.execute(delete(threads).where(threads.c.thread_id == intent_id))
-        except SQLAlchemyError:
+        except StoreError:
             # Harmless leftover: an intent row has no remote thread; stats counts it.
             log.warning("could not remove intent row %s", intent_id)
+
+    def _keep_intent(self, intent_id: str, exc: RemoteUnavailable) -> None:
+        """Leave the intent row as the record of a create that may have happened.
+
+        DashScope got the request but no answer came back: a thread may exist
+        whose id we never learned, and DashScope cannot list threads. The row
+        stays ``creating`` (``stats`` counts it) with the reason in ``last_error``.
+        """
+        try:
+            with db.write(self.engine) as conn:
+                conn.execute(
+                    update(threads)
+                    .where(threads.c.thread_id == intent_id)
+                    .values(last_error=f"create outcome unknown: {exc}"[:2000])
+                )
+        except StoreError:
+            log.warning("could not annotate intent row %s", intent_id)
+        log.warning(
+            "create outcome unknown (%s): DashScope may hold a thread threadstore cannot name; "
+            "intent row %s kept",
+            exc,
+            intent_id,
+        )
 
     def _compensate(self, thread_id: str, workspace: str | None, cause: BaseException) -> None:
         try:

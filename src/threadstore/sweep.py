@@ -40,7 +40,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -60,7 +60,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .codec import Codec
@@ -70,7 +69,6 @@ from .errors import (
     RemoteError,
     RemoteNotFound,
     RemoteRateLimited,
-    StoreError,
     ThreadStoreError,
 )
 from .models import deletions, messages, runs, threads, utcnow
@@ -522,24 +520,6 @@ class _Outcome:
     error_text: str | None = None
 
 
-@contextlib.contextmanager
-def _write(engine: Engine) -> Iterator[Connection]:
-    try:
-        with db.write(engine) as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed during the sweep: {db._short(exc)}") from exc
-
-
-@contextlib.contextmanager
-def _read(engine: Engine) -> Iterator[Connection]:
-    try:
-        with db.read(engine) as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed during the sweep: {db._short(exc)}") from exc
-
-
 def _claim(
     conn: Connection,
     *,
@@ -680,7 +660,7 @@ def sweep_expired(
     clock = time.monotonic()
     started = utcnow()
     cutoff = started - older_than
-    with _read(engine) as conn:
+    with db.read(engine) as conn:
         blocked = _count_blocked(conn, cutoff=cutoff, started=started)
         claimable = select(func.count()).select_from(threads).where(
             expired_condition(now=started, cutoff=cutoff),
@@ -840,7 +820,7 @@ class _Sweep:
             size = min(size, self.limit - len(self.claimed))
         if size <= 0:
             return []
-        with _write(self.engine) as conn:
+        with db.write(self.engine) as conn:
             rows = _claim(
                 conn,
                 owner=self.owner,
@@ -863,7 +843,7 @@ class _Sweep:
         retry = [o for o in outcomes if o.kind == "retry"]
         release = [o.item.thread_id for o in outcomes if o.kind in ("unattempted", "auth")]
         now = utcnow()
-        with _write(self.engine) as conn:
+        with db.write(self.engine) as conn:
             removed = _remove_many(
                 conn, gone, reason="expired", owner=self.owner, archive=self.archive
             )
@@ -907,7 +887,7 @@ class _Sweep:
 
     def _release_all(self) -> None:
         """Give back every lease this sweep still holds (after an error or a stop)."""
-        with _write(self.engine) as conn:
+        with db.write(self.engine) as conn:
             conn.execute(
                 update(threads)
                 .where(threads.c.lease_owner == self.owner)

@@ -30,10 +30,9 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .errors import ConfigError, RemoteAuthError, RemoteError, RemoteNotFound, StoreError
+from .errors import ConfigError, RemoteAuthError, RemoteError, RemoteNotFound
 from .models import threads
 from .remote import Remote
 from .sweep import claim_thread, remove_local
@@ -114,11 +113,8 @@ def _mirrored(engine: Engine, limit: int | None) -> Iterator[tuple[str, str | No
         )
         if after is not None:
             query = query.where(threads.c.thread_id > after)
-        try:
-            with db.read(engine) as conn:
-                page = [(r.thread_id, r.workspace) for r in conn.execute(query)]
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database read failed: {db._short(exc)}") from exc
+        with db.read(engine) as conn:
+            page = [(r.thread_id, r.workspace) for r in conn.execute(query)]
         yield from page
         seen += len(page)
         if len(page) < size:
@@ -130,22 +126,19 @@ def _fix(engine: Engine, thread_ids: list[str], owner: str) -> int:
     """Remove the rows of vanished threads; one transaction each. Returns how many."""
     fixed = 0
     for thread_id in thread_ids:
-        try:
-            with db.write(engine) as conn:
-                # A deleter holding the lease is finishing this thread itself.
-                if not claim_thread(conn, thread_id, owner=owner, lease=FIX_LEASE):
-                    log.info("verify: %s is being deleted by another process; left to it",
-                             thread_id)
-                    continue
-                removed = remove_local(
-                    conn,
-                    thread_id,
-                    reason="vanished",
-                    remote_result="already_gone",
-                    owner=owner,
-                )
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database write failed: {db._short(exc)}") from exc
+        with db.write(engine) as conn:
+            # A deleter holding the lease is finishing this thread itself.
+            if not claim_thread(conn, thread_id, owner=owner, lease=FIX_LEASE):
+                log.info("verify: %s is being deleted by another process; left to it",
+                         thread_id)
+                continue
+            removed = remove_local(
+                conn,
+                thread_id,
+                reason="vanished",
+                remote_result="already_gone",
+                owner=owner,
+            )
         if removed is not None:
             fixed += 1
             log.warning("verify: removed the local rows of vanished thread %s", thread_id)
@@ -155,19 +148,16 @@ def _fix(engine: Engine, thread_ids: list[str], owner: str) -> int:
 def _still_mirrored(engine: Engine, thread_ids: list[str]) -> set[str]:
     """The subset of ``thread_ids`` that is still an active local row."""
     found: set[str] = set()
-    try:
-        with db.read(engine) as conn:
-            for start in range(0, len(thread_ids), PAGE):
-                chunk = thread_ids[start : start + PAGE]
-                found.update(
-                    conn.execute(
-                        select(threads.c.thread_id).where(
-                            threads.c.thread_id.in_(chunk), threads.c.status == "active"
-                        )
-                    ).scalars()
-                )
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {db._short(exc)}") from exc
+    with db.read(engine) as conn:
+        for start in range(0, len(thread_ids), PAGE):
+            chunk = thread_ids[start : start + PAGE]
+            found.update(
+                conn.execute(
+                    select(threads.c.thread_id).where(
+                        threads.c.thread_id.in_(chunk), threads.c.status == "active"
+                    )
+                ).scalars()
+            )
     return found
 
 
