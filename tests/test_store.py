@@ -380,3 +380,13 @@ def test_database_failure_after_remote_delete_keeps_the_row_for_a_retry(
     assert _count(store, threads) == 0
     with store.engine.connect() as conn:
         assert conn.execute(select(deletions.c.remote_result)).scalar_one() == "already_gone"
+
+
+def test_thread_counts_per_thread(fake_store: ThreadStore) -> None:
+    """thread_counts gives each thread's mirrored message and run counts."""
+    a, b = fake_store.create_thread(), fake_store.create_thread()
+    fake_store.add_message(a.thread_id, "one")
+    fake_store.run(a.thread_id, assistant_id="asst_1", poll_interval=0.01)
+    counts = fake_store.thread_counts([a.thread_id, b.thread_id])
+    assert (counts[a.thread_id].messages, counts[a.thread_id].runs) == (2, 1)
+    assert (counts[b.thread_id].messages, counts[b.thread_id].runs) == (0, 0)

@@ -30,7 +30,6 @@ from . import export as export_module
 from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
 from .schedule import parse_duration, run_blocking
-from .stats import thread_counts
 from .store import ThreadStore
 from .testing.emulator import Emulator
 
@@ -935,7 +934,7 @@ def list_command(
         found = store.list_threads(
             user_id=user_id, workspace=workspace, inactive_for=inactive, limit=limit
         )
-        counts = thread_counts(store.engine, [t.thread_id for t in found])
+        counts = store.thread_counts([t.thread_id for t in found])
     if as_json:
         items = [
             {**_jsonable(t), "message_count": counts[t.thread_id].messages,

@@ -481,6 +481,7 @@ class DashScopeRemote:
         self.timeout = timeout
         self._pool_size = pool_size
         self._session: requests.Session | None = None
+        self._delete_key: str | None = None
         self._session_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the key
@@ -552,8 +553,12 @@ class DashScopeRemote:
     def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
         """``DELETE threads/{id}`` over the pooled session; 404 raises RemoteNotFound."""
         operation = "threads.delete"
+        if self._delete_key is None:
+            # Resolved once: the sweep deletes by the thousand, and the key may
+            # live in a file that would otherwise be read on every delete.
+            self._delete_key = resolve_api_key(self._api_key)
         headers = {
-            "Authorization": f"Bearer {resolve_api_key(self._api_key)}",
+            "Authorization": f"Bearer {self._delete_key}",
             "Accept": "application/json; charset=utf-8",
             "User-Agent": _USER_AGENT,
         }

@@ -11,14 +11,13 @@ none and it has been idle longer than ``older_than``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, or_, select
+from sqlalchemy import Connection, and_, case, func, or_, select
 
-from . import db
 from .errors import ConfigError
 from .models import deletions, messages, runs, threads, utcnow
 
@@ -163,24 +162,21 @@ class ThreadCounts:
     runs: int = 0
 
 
-def thread_counts(engine: Engine, thread_ids: Iterable[str]) -> Mapping[str, ThreadCounts]:
+def count_by_thread(conn: Connection, table: Any, thread_ids: Sequence[str]) -> dict[str, int]:
+    """Rows of ``table`` (messages or runs) per thread, in one grouped query."""
+    query = (
+        select(table.c.thread_id, func.count())
+        .where(table.c.thread_id.in_(thread_ids))
+        .group_by(table.c.thread_id)
+    )
+    return {tid: int(n) for tid, n in conn.execute(query)}
+
+
+def thread_counts(conn: Connection, thread_ids: Iterable[str]) -> Mapping[str, ThreadCounts]:
     """Message and run counts for the given threads, in two grouped queries."""
     ids = list(thread_ids)
     if not ids:
         return {}
-    with db.read(engine) as conn:
-        n_msg: dict[str, int] = dict(
-            conn.execute(
-                select(messages.c.thread_id, func.count())
-                .where(messages.c.thread_id.in_(ids))
-                .group_by(messages.c.thread_id)
-            ).all()
-        )
-        n_run: dict[str, int] = dict(
-            conn.execute(
-                select(runs.c.thread_id, func.count())
-                .where(runs.c.thread_id.in_(ids))
-                .group_by(runs.c.thread_id)
-            ).all()
-        )
-    return {i: ThreadCounts(_int(n_msg.get(i)), _int(n_run.get(i))) for i in ids}
+    n_msg = count_by_thread(conn, messages, ids)
+    n_run = count_by_thread(conn, runs, ids)
+    return {i: ThreadCounts(n_msg.get(i, 0), n_run.get(i, 0)) for i in ids}

@@ -64,7 +64,7 @@ from .models import (
     utcnow,
 )
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
-from .stats import DEFAULT_OLDER_THAN, Stats
+from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
 from .stats import compute as compute_stats
 from .sweep import (
     RETRY_BASE,
@@ -732,6 +732,11 @@ class ThreadStore:
             query = query.limit(limit)
         with self._read() as conn:
             return [self._thread(r) for r in conn.execute(query).mappings()]
+
+    def thread_counts(self, thread_ids: Sequence[str]) -> Mapping[str, ThreadCounts]:
+        """Message and run counts per thread (two grouped queries, not one per thread)."""
+        with self._read() as conn:
+            return thread_counts(conn, thread_ids)
 
     def messages(self, thread_id: str, *, limit: int | None = None) -> list[MessageRecord]:
         """The thread's mirrored messages, oldest first."""

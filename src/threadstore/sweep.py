@@ -73,6 +73,7 @@ from .errors import (
 )
 from .models import deletions, messages, runs, threads, utcnow
 from .remote import Remote
+from .stats import count_by_thread
 
 __all__ = [
     "MAX_RETRY_DELAY",
@@ -211,8 +212,8 @@ def _remove_many(
     if archive is not None:
         n_messages, n_runs = archive.write(conn, rows, results)
     else:
-        n_messages = _counts(conn, messages, ids)
-        n_runs = _counts(conn, runs, ids)
+        n_messages = count_by_thread(conn, messages, ids)
+        n_runs = count_by_thread(conn, runs, ids)
     # Children explicitly: ON DELETE CASCADE needs foreign keys on, which a
     # database shared with other tools may not have.
     conn.execute(delete(messages).where(messages.c.thread_id.in_(ids)))
@@ -239,15 +240,6 @@ def _remove_many(
         ],
     )
     return rows
-
-
-def _counts(conn: Connection, table: Any, ids: Sequence[str]) -> dict[str, int]:
-    query = (
-        select(table.c.thread_id, func.count())
-        .where(table.c.thread_id.in_(ids))
-        .group_by(table.c.thread_id)
-    )
-    return {tid: int(n) for tid, n in conn.execute(query)}
 
 
 def expired_condition(*, now: datetime, cutoff: datetime) -> ColumnElement[bool]:
