@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -66,25 +65,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one line and an exit code (traceback only with -v)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ThreadStoreError as exc:
-            ctx = click.get_current_context(silent=True)
-            obj = ctx.find_object(Context) if ctx else None
-            if obj is not None and obj.verbosity > 0:
-                log.exception("details")
-            code = EXIT_USAGE if isinstance(exc, ConfigError | RemoteAuthError) else EXIT_FAILED
-            if isinstance(exc, ThreadNotFound):
-                code = EXIT_USAGE
-            fail(str(exc), code)
-        return None
-
-    return wrapper  # type: ignore[return-value]
+def _exit_code(exc: ThreadStoreError) -> int:
+    """Bad usage, configuration or key: 2; a failure worth retrying: 1."""
+    if isinstance(exc, ConfigError | RemoteAuthError | ThreadNotFound):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 _BEARER = re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE)
@@ -136,7 +121,10 @@ _NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
 
 
 class _OneLineErrors(click.Group):
-    """The top-level group: usage errors are one line on stderr with exit 2.
+    """The top-level group: every error is one line on stderr and an exit status.
+
+    Library errors (:class:`ThreadStoreError`) map to 2 for usage,
+    configuration or a refused key and to 1 otherwise; usage errors are exit 2.
 
     Click would print the usage block, a hint and the error (four lines); a
     script's log wants one. Any unexpected exception is one line too, with the
@@ -175,6 +163,11 @@ class _OneLineErrors(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except ThreadStoreError as exc:
+            if log.isEnabledFor(logging.INFO):
+                log.exception("details")
+            fail(str(exc), _exit_code(exc))
+            raise  # unreachable: fail() exits
         except Exception as exc:
             if log.isEnabledFor(logging.INFO):
                 log.exception("unexpected error")
@@ -241,7 +234,6 @@ def _engine(obj: Context) -> Any:
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
 @pass_ctx
-@handle_errors
 def db_upgrade(obj: Context, revision: str) -> None:
     """Migrate the schema to REVISION (default: head).
 
@@ -265,7 +257,6 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @click.argument("revision")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
-@handle_errors
 def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
     """Migrate the schema down to REVISION ('base' drops every table: data is lost).
 
@@ -284,7 +275,6 @@ def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
 
 @db_group.command("current")
 @pass_ctx
-@handle_errors
 def db_current(obj: Context) -> None:
     """Print the schema revision of the database (empty line if none).
 
@@ -304,7 +294,6 @@ def db_current(obj: Context) -> None:
 
 @db_group.command("check")
 @pass_ctx
-@handle_errors
 def db_check(obj: Context) -> None:
     """Exit 0 if the schema is at head, 1 if a migration is pending.
 
@@ -339,7 +328,6 @@ def db_check(obj: Context) -> None:
     "(e.g. postgresql://…); the demo deletes its threads from it at the end.",
 )
 @pass_ctx
-@handle_errors
 def demo_command(obj: Context, demo_db: str | None) -> None:
     """Show the whole lifecycle offline: create, message, run, expire, sweep, export.
 
@@ -450,7 +438,6 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
     help="At most X DashScope requests per second.",
 )
 @pass_ctx
-@handle_errors
 def verify_command(
     obj: Context, fix: bool, as_json: bool, concurrency: int, max_rps: float | None
 ) -> None:
@@ -499,7 +486,6 @@ def verify_command(
     help="Rows re-encrypted per transaction.",
 )
 @pass_ctx
-@handle_errors
 def db_rotate_key(obj: Context, batch_size: int) -> None:
     """Re-encrypt stored messages and metadata with THREADSTORE_ENCRYPTION_KEY.
 
@@ -601,7 +587,6 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Only list (stdout) what would be deleted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @pass_ctx
-@handle_errors
 def sweep_command(
     obj: Context,
     days: float | None,
@@ -668,7 +653,6 @@ Examples:
 @click.option("--every", type=_Duration(), default="1h", show_default=True,
               help="Time between sweeps: 30s, 15m, 1h, 1d.")
 @pass_ctx
-@handle_errors
 def schedule_command(
     obj: Context,
     days: float | None,
@@ -796,7 +780,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 @click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
 @click.option("--redact", is_flag=True, help="Blank message text and metadata values.")
 @pass_ctx
-@handle_errors
 def export_command(
     obj: Context,
     table: str,
@@ -873,7 +856,6 @@ def export_command(
     help="Idle days after which a thread counts as expired (as sweep --days).",
 )
 @pass_ctx
-@handle_errors
 def stats_command(obj: Context, as_json: bool, days: float) -> None:
     """Counts to check before and after a sweep, or for a monitor to scrape.
 
@@ -913,7 +895,6 @@ def stats_command(obj: Context, as_json: bool, days: float) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) on stdout.")
 @pass_ctx
-@handle_errors
 def list_command(
     obj: Context,
     user_id: str | None,
@@ -964,7 +945,6 @@ def list_command(
 @click.argument("thread_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @pass_ctx
-@handle_errors
 def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
     """Show a mirrored thread with its messages and runs.
 
