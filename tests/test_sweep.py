@@ -28,6 +28,7 @@ from threadstore import (
     ThreadExpired,
     ThreadStore,
 )
+from threadstore._rules import retry_delay
 from threadstore.cli import cli
 from threadstore.models import deletions, threads
 from threadstore.sweep import (
@@ -36,7 +37,6 @@ from threadstore.sweep import (
     claim_thread,
     release_thread,
     remove_local,
-    retry_delay,
 )
 from threadstore.testing import Emulator, FakeRemote
 

@@ -71,6 +71,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
+from . import _rules as rules
 from . import db
 from .codec import PLAIN_PREFIX, PREFIX, Codec
 from .errors import ConfigError, StoreError
@@ -233,7 +234,7 @@ def _build(
     exprs: dict[str, ColumnElement[Any]] = {"content_length": null()}
     from_: Any = base
     if table == "threads":
-        conds += [threads.c.status == "active", *owner_conds]
+        conds += [rules.is_active(), *owner_conds]
         # The same filters restrict the aggregates, so a narrow export of a big
         # store does not count every message in it.
         wanted = select(threads.c.thread_id).where(*conds)

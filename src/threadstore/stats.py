@@ -4,9 +4,9 @@
 aggregate queries (no per-row work). :class:`Stats` is a frozen dataclass whose
 :meth:`~Stats.to_dict` keys are stable: monitors may rely on them.
 
-"Expired" follows the sweep's rule (see :mod:`threadstore.models`): not pinned,
-and either the thread's own TTL has run out (``ttl_expires_at`` passed) or it has
-none and it has been idle longer than ``older_than``.
+"Expired" is the sweep's own rule, from :mod:`threadstore._rules` (the same SQL):
+not pinned, and either the thread's own TTL has run out (``ttl_expires_at``
+passed) or it has none and it has been idle longer than ``older_than``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, or_, select
+from sqlalchemy import Connection, and_, case, func, select
 
+from . import _rules as rules
 from .errors import ConfigError
 from .models import deletions, messages, runs, threads, utcnow
 
@@ -83,15 +84,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
     now = now or utcnow()
     t = threads.c
-    active = t.status == "active"
-    expired = and_(
-        active,
-        t.pinned.is_(False),
-        or_(
-            and_(t.ttl_seconds.is_not(None), t.ttl_expires_at <= now),
-            and_(t.ttl_seconds.is_(None), t.last_active < now - older_than),
-        ),
-    )
+    active = rules.is_active()
+    expired = rules.expired(now=now, cutoff=now - older_than)
 
     def count_if(cond: Any) -> Any:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
@@ -101,8 +95,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
             count_if(active),
             count_if(expired),
             count_if(and_(active, t.pinned.is_(True))),
-            count_if(and_(active, t.lease_owner.is_not(None), t.lease_expires_at > now)),
-            count_if(t.status == "creating"),
+            count_if(and_(active, rules.lease_live(now))),
+            count_if(rules.is_creating()),
             count_if(and_(active, t.attempts > 0)),
             func.coalesce(func.max(case((active, t.attempts), else_=0)), 0),
         )

@@ -41,7 +41,9 @@ from sqlalchemy import (
     update,
 )
 
+from . import _rules as rules
 from . import db
+from ._rules import ThreadStatus
 from .codec import Codec, refuse_nul
 from .errors import (
     ConfigError,
@@ -66,8 +68,8 @@ from .models import (
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
 from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
 from .stats import compute as compute_stats
+from .sweep import Progress as SweepProgress
 from .sweep import (
-    RETRY_BASE,
     SweepReport,
     check_sweep_options,
     claim_thread,
@@ -75,7 +77,6 @@ from .sweep import (
     remove_local,
     sweep_expired,
 )
-from .sweep import Progress as SweepProgress
 from .verify import VerifyReport, verify_mirror
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ _ACTIVATE_INTENT = (
     .where(threads.c.thread_id == bindparam("intent_id"))
     .values(
         thread_id=bindparam("new_id"),
-        status="active",
+        status=ThreadStatus.ACTIVE.value,
         created_at=bindparam("p_created_at"),
         last_active=bindparam("p_last_active"),
         ttl_expires_at=bindparam("p_ttl_expires_at"),
@@ -272,7 +273,7 @@ class ThreadStore:
         row = (
             conn.execute(
                 select(threads).where(
-                    threads.c.thread_id == thread_id, threads.c.status == "active"
+                    threads.c.thread_id == thread_id, rules.is_active()
                 )
             )
             .mappings()
@@ -285,9 +286,7 @@ class ThreadStore:
     def _writable_row(self, conn: Connection, thread_id: str) -> RowMapping:
         """The thread's row, refusing threads that a deleter has claimed."""
         row = self._row(conn, thread_id)
-        now = utcnow()
-        expires = row["lease_expires_at"]
-        if row["lease_owner"] is not None and expires is not None and expires > now:
+        if rules.row_lease_live(row, utcnow()):
             raise ThreadExpired(thread_id)
         return row
 
@@ -369,7 +368,7 @@ class ThreadStore:
             "created_at": now,
             "last_active": now,
             "metadata": stored_meta,
-            "status": "creating",
+            "status": ThreadStatus.CREATING.value,
             "ttl_seconds": int(ttl.total_seconds()) if ttl else None,
         }
         with self._write() as conn:
@@ -412,7 +411,7 @@ class ThreadStore:
         row = {
             **intent,
             "thread_id": remote.id,
-            "status": "active",
+            "status": ThreadStatus.ACTIVE.value,
             "created_at": values["p_created_at"],
             "last_active": now,
             "ttl_expires_at": values["p_ttl_expires_at"],
@@ -716,7 +715,7 @@ class ThreadStore:
         limit: int | None = None,
     ) -> list[ThreadRecord]:
         """Mirrored threads, most recently active first, filtered as asked."""
-        query = select(threads).where(threads.c.status == "active")
+        query = select(threads).where(rules.is_active())
         if user_id is not None:
             query = query.where(threads.c.user_id == user_id)
         if workspace is not None:
@@ -795,7 +794,7 @@ class ThreadStore:
                         created_at=remote.created_at or now,
                         last_active=now,
                         metadata=self.codec.encode_json(remote.metadata),
-                        status="active",
+                        status=ThreadStatus.ACTIVE.value,
                         ttl_seconds=int(ttl.total_seconds()) if ttl else None,
                         ttl_expires_at=now + ttl if ttl else None,
                     )
@@ -920,7 +919,7 @@ class ThreadStore:
         max_rps: float | None = None,
         lease: timedelta = timedelta(minutes=5),
         archive: str | Path | IO[str] | None = None,
-        retry_base: float = RETRY_BASE,
+        retry_base: float = rules.RETRY_BASE,
         progress: SweepProgress | None = None,
         stop: threading.Event | None = None,
     ) -> SweepReport:

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     and_,
@@ -61,6 +60,7 @@ from sqlalchemy import (
     update,
 )
 
+from . import _rules as rules
 from . import db
 from .codec import Codec
 from .errors import (
@@ -76,26 +76,17 @@ from .remote import Remote
 from .stats import count_by_thread
 
 __all__ = [
-    "MAX_RETRY_DELAY",
-    "RETRY_BASE",
     "RateLimiter",
     "SweepReport",
     "check_sweep_options",
     "claim_thread",
-    "expired_condition",
-    "lease_is_live",
     "release_thread",
     "remove_local",
-    "retry_delay",
     "sweep_expired",
 ]
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE = 2.0
-"""Seconds before the first retry of a failed remote delete (doubled per attempt)."""
-MAX_RETRY_DELAY = 3600.0
-"""No failed delete waits longer than this for its next attempt."""
 MAX_PAUSE = 30.0
 """Longest pause of the whole sweep that a 429's ``Retry-After`` can impose."""
 FLUSH_INTERVAL = 0.25
@@ -107,27 +98,13 @@ Progress = Callable[[int, int], None]
 # --------------------------------------------------------------------------- primitives
 
 
-def lease_is_live(now: datetime | None = None) -> ColumnElement[bool]:
-    """SQL condition: the row is claimed by some deleter right now."""
-    now = now or utcnow()
-    return and_(threads.c.lease_owner.is_not(None), threads.c.lease_expires_at > now)
-
-
-def _lease_is_free(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        threads.c.lease_owner.is_(None),
-        threads.c.lease_expires_at.is_(None),
-        threads.c.lease_expires_at <= now,
-    )
-
-
 def claim_thread(conn: Connection, thread_id: str, *, owner: str, lease: timedelta) -> bool:
     """Claim one thread for deletion; False if another deleter holds it."""
     now = utcnow()
     result = conn.execute(
         update(threads)
-        .where(threads.c.thread_id == thread_id, threads.c.status == "active")
-        .where(or_(_lease_is_free(now), threads.c.lease_owner == owner))
+        .where(threads.c.thread_id == thread_id, rules.is_active())
+        .where(or_(rules.lease_free(now), threads.c.lease_owner == owner))
         .values(lease_owner=owner, lease_expires_at=now + lease)
     )
     return result.rowcount == 1
@@ -240,49 +217,6 @@ def _remove_many(
         ],
     )
     return rows
-
-
-def expired_condition(*, now: datetime, cutoff: datetime) -> ColumnElement[bool]:
-    """SQL condition: an active, unpinned thread whose idle time is up.
-
-    A thread with its own TTL expires when ``ttl_expires_at`` has passed ``now``;
-    one without expires when ``last_active`` is before ``cutoff``.
-    """
-    return and_(
-        threads.c.status == "active",
-        threads.c.pinned.is_(False),
-        or_(
-            and_(threads.c.ttl_seconds.is_not(None), threads.c.ttl_expires_at < now),
-            and_(threads.c.ttl_seconds.is_(None), threads.c.last_active < cutoff),
-        ),
-    )
-
-
-def _not_backing_off(started: datetime) -> ColumnElement[bool]:
-    # Compared with the sweep's start, not the clock: a delete that failed during
-    # this sweep is never retried by the same sweep, however short its backoff.
-    return or_(threads.c.next_attempt_at.is_(None), threads.c.next_attempt_at <= started)
-
-
-def retry_delay(
-    attempts: int,
-    *,
-    base: float = RETRY_BASE,
-    cap: float = MAX_RETRY_DELAY,
-    retry_after: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds until the next try after ``attempts`` earlier failures.
-
-    Exponential (``base * 2**attempts``, at most ``cap``) with "equal jitter" —
-    between half and all of it — so that rows which failed together do not all
-    come back in the same second; never less than the server's ``retry_after``.
-    """
-    delay = min(cap, base * 2.0 ** min(attempts, 40))
-    delay = delay / 2 + (rng or random).uniform(0, delay / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 class RateLimiter:
@@ -525,11 +459,7 @@ def _claim(
     now = utcnow()
     candidates = (
         select(threads.c.thread_id)
-        .where(
-            expired_condition(now=started, cutoff=cutoff),
-            _not_backing_off(started),
-            _lease_is_free(now),
-        )
+        .where(rules.claimable(now=now, cutoff=cutoff, started=started))
         .order_by(threads.c.last_active, threads.c.thread_id)
         .limit(size)
     )
@@ -562,8 +492,8 @@ def _count_blocked(conn: Connection, *, cutoff: datetime, started: datetime) -> 
         select(func.count())
         .select_from(threads)
         .where(
-            expired_condition(now=started, cutoff=cutoff),
-            not_(and_(_not_backing_off(started), _lease_is_free(utcnow()))),
+            rules.expired(now=started, cutoff=cutoff),
+            not_(and_(rules.not_backing_off(started), rules.lease_free(utcnow()))),
         )
     )
     return int(conn.execute(query).scalar_one())
@@ -609,7 +539,7 @@ def check_sweep_options(older_than: timedelta, **options: Any) -> None:
         concurrency=options.get("concurrency", 16),
         max_rps=options.get("max_rps"),
         lease=options.get("lease", timedelta(minutes=5)),
-        retry_base=options.get("retry_base", RETRY_BASE),
+        retry_base=options.get("retry_base", rules.RETRY_BASE),
     )
 
 
@@ -626,9 +556,10 @@ def sweep_expired(
     max_rps: float | None = None,
     lease: timedelta = timedelta(minutes=5),
     archive: str | Path | IO[str] | None = None,
-    retry_base: float = RETRY_BASE,
+    retry_base: float = rules.RETRY_BASE,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    now: datetime | None = None,
 ) -> SweepReport:
     """Delete every expired thread, remote first; see the module docstring.
 
@@ -640,6 +571,7 @@ def sweep_expired(
 
     An auth failure does not raise here: the report says ``stopped_by_auth`` and
     carries the error in ``auth_error`` (``ThreadStore.sweep`` raises it).
+    ``now`` fixes the instant expiry is judged at (tests at the exact boundary).
     """
     _check_options(
         older_than,
@@ -650,24 +582,18 @@ def sweep_expired(
         retry_base=retry_base,
     )
     clock = time.monotonic()
-    started = utcnow()
+    started = now or utcnow()
     cutoff = started - older_than
     with db.read(engine) as conn:
         blocked = _count_blocked(conn, cutoff=cutoff, started=started)
         claimable = select(func.count()).select_from(threads).where(
-            expired_condition(now=started, cutoff=cutoff),
-            _not_backing_off(started),
-            _lease_is_free(utcnow()),
+            rules.claimable(now=utcnow(), cutoff=cutoff, started=started)
         )
         total = int(conn.execute(claimable).scalar_one())
         if dry_run:
             query = (
                 select(threads.c.thread_id)
-                .where(
-                    expired_condition(now=started, cutoff=cutoff),
-                    _not_backing_off(started),
-                    _lease_is_free(utcnow()),
-                )
+                .where(rules.claimable(now=utcnow(), cutoff=cutoff, started=started))
                 .order_by(threads.c.last_active, threads.c.thread_id)
             )
             if limit is not None:
@@ -842,7 +768,7 @@ class _Sweep:
             for o in retry:
                 error = o.error
                 after = error.retry_after if isinstance(error, RemoteRateLimited) else None
-                delay = retry_delay(
+                delay = rules.retry_delay(
                     o.item.attempts, base=self.retry_base, retry_after=after, rng=self.rng
                 )
                 release_thread(

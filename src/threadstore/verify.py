@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from . import _rules as rules
 from . import db
 from .errors import ConfigError, RemoteAuthError, RemoteError, RemoteNotFound
 from .models import threads
@@ -107,7 +108,7 @@ def _mirrored(engine: Engine, limit: int | None) -> Iterator[tuple[str, str | No
         size = PAGE if limit is None else min(PAGE, limit - seen)
         query = (
             select(threads.c.thread_id, threads.c.workspace)
-            .where(threads.c.status == "active")
+            .where(rules.is_active())
             .order_by(threads.c.thread_id)
             .limit(size)
         )
@@ -154,7 +155,7 @@ def _still_mirrored(engine: Engine, thread_ids: list[str]) -> set[str]:
             found.update(
                 conn.execute(
                     select(threads.c.thread_id).where(
-                        threads.c.thread_id.in_(chunk), threads.c.status == "active"
+                        threads.c.thread_id.in_(chunk), rules.is_active()
                     )
                 ).scalars()
             )
