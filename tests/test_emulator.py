@@ -337,7 +337,7 @@ def test_admin_api(emu: Emulator) -> None:
 
 def test_unknown_route_is_json_404(emu: Emulator) -> None:
     """Routes the API does not have answer 404 with a JSON error body."""
-    resp = requests.get(f"{emu.url}/assistants", headers=AUTH, timeout=5)
+    resp = requests.get(f"{emu.url}/files/nope", headers=AUTH, timeout=5)
     assert resp.status_code == 404
     assert set(resp.json()) >= {"code", "message", "request_id"}
 

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from .emulator import Emulator, Fault
+from .emulator import Emulator
 from .fake import FakeRemote
+from .faults import OPS, Fault
 
-__all__ = ["Emulator", "FakeRemote", "Fault"]
+__all__ = ["OPS", "Emulator", "FakeRemote", "Fault"]

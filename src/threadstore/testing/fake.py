@@ -2,49 +2,40 @@
 
 It behaves like DashScope as threadstore sees it — ids, workspaces, messages,
 runs that complete at once with an assistant reply and token usage — and can be
-told to fail::
+told to fail with the same faults as the :class:`~threadstore.testing.Emulator`
+(one fault model: :mod:`threadstore.testing.faults`)::
 
     fake = FakeRemote()
     store = ThreadStore("sqlite://", remote=fake)
     fake.fail("threads.delete", status=500, times=1)      # next delete: 500
     fake.fail("threads.delete", status=429, rate=0.3, retry_after=2)
+    fake.fail("threads.create", drop=True, times=1)       # outcome unknown
     fake.count("threads.delete", status=200)              # successful deletes
 
-It is thread-safe, like the real remote.
+A ``hang`` or ``drop`` fault raises :class:`~threadstore.errors.RemoteUnavailable`
+with ``outcome_unknown`` set, as the real remote does when a request goes out and
+no answer comes back; the operation itself does not happen. It is thread-safe,
+like the real remote.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+from ..errors import RemoteError, RemoteUnavailable
 from ..remote import RemoteMessage, RemoteRun, RemoteThread, error_from_status
+from .faults import DROPPED, Fault, FaultPlan
 
 __all__ = ["FakeRemote"]
 
-
-@dataclass
-class _Fault:
-    op: str
-    status: int
-    thread_id: str | None
-    times: int | None
-    rate: float | None
-    retry_after: float | None
-    hits: int = 0
-
-    def matches(self, op: str, thread_id: str | None, rng: random.Random) -> bool:
-        if self.op not in ("*", op) or (self.thread_id and self.thread_id != thread_id):
-            return False
-        if self.times is not None and self.hits >= self.times:
-            return False
-        return self.rate is None or rng.random() < self.rate
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,58 +54,73 @@ class FakeRemote:
     def __init__(self, *, seed: int = 0, run_status: str = "completed") -> None:
         self._lock = threading.Lock()
         self._threads: dict[str, _Thread] = {}
-        self._faults: list[_Fault] = []
-        self._rng = random.Random(seed)
+        self._plan = FaultPlan(seed)
         self._clock = itertools.count()
         self.run_status = run_status
-        self.calls: list[tuple[str, str | None, int]] = []
         self.closed = False
 
-    # -- steering
+    # -- steering (the Emulator's, see threadstore.testing.faults)
 
     def fail(
         self,
         op: str,
         *,
-        status: int = 500,
-        thread_id: str | None = None,
+        status: int | None = 500,
+        code: str | None = None,
+        message: str | None = None,
         times: int | None = None,
         rate: float | None = None,
+        thread_id: str | None = None,
+        workspace: str | None = None,
         retry_after: float | None = None,
-    ) -> None:
-        """Make matching calls fail with ``status`` (``op`` like ``threads.delete`` or ``*``)."""
-        with self._lock:
-            self._faults.append(_Fault(op, status, thread_id, times, rate, retry_after))
+        latency: float | None = None,
+        hang: bool = False,
+        drop: bool = False,
+    ) -> Fault:
+        """Make matching calls fail (``op`` like ``threads.delete``, or ``*``).
+
+        Unknown operation names raise ValueError. ``latency`` sleeps before the call;
+        ``hang``/``drop`` make the outcome unknown.
+        """
+        return self._plan.add(
+            op, status=status, code=code, message=message, times=times, rate=rate,
+            thread_id=thread_id, workspace=workspace, retry_after=retry_after,
+            latency=latency, hang=hang, drop=drop,
+        )
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._plan.clear()
 
-    def count(self, op: str | None = None, *, thread_id: str | None = None,
+    def count(self, op: str | None = None, thread_id: str | None = None,
               status: int | None = None) -> int:
-        with self._lock:
-            return sum(
-                1
-                for o, t, s in self.calls
-                if (op is None or o == op)
-                and (thread_id is None or t == thread_id)
-                and (status is None or s == status)
-            )
+        """Calls made, filtered by op, thread id and status (0 = hang/drop)."""
+        return self._plan.count(op, thread_id, status)
 
-    def thread_exists(self, thread_id: str) -> bool:
-        with self._lock:
-            return thread_id in self._threads
+    @property
+    def calls(self) -> tuple[tuple[str, str | None, int], ...]:
+        """Snapshot of ``(op, thread_id, status)`` per call, oldest first."""
+        return self._plan.calls
 
-    def thread_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._threads)
+    def reset_counters(self) -> None:
+        self._plan.reset_counters()
 
-    def seed_thread(self, *, metadata: Mapping[str, Any] | None = None,
-                    messages: Sequence[Mapping[str, Any]] = (),
+    def thread_exists(self, thread_id: str, workspace: str | None = None) -> bool:
+        """Whether the thread exists in ``workspace`` (None = the no-workspace scope)."""
+        with self._lock:
+            thread = self._threads.get(thread_id)
+            return thread is not None and thread.workspace == workspace
+
+    def thread_ids(self, workspace: str | None = None) -> list[str]:
+        """Ids of the threads in ``workspace`` (None = the no-workspace scope), oldest first."""
+        with self._lock:
+            return [tid for tid, t in self._threads.items() if t.workspace == workspace]
+
+    def seed_thread(self, metadata: Mapping[str, Any] | None = None,
+                    messages: Sequence[Mapping[str, Any]] | None = None,
                     workspace: str | None = None) -> str:
-        """A thread that exists only remotely (as if created by another app)."""
-        return self.create_thread(messages=messages, metadata=metadata, workspace=workspace,
-                                  _record=False).id
+        """A thread that exists only remotely (as if created by another app); uncounted."""
+        with self._lock:
+            return self._new_thread(messages or (), metadata, workspace).id
 
     # -- internals
 
@@ -122,26 +128,44 @@ class FakeRemote:
         # Strictly increasing, so message order is stable even within a millisecond.
         return datetime.now(timezone.utc) + timedelta(microseconds=next(self._clock))
 
-    def _enter(self, op: str, thread_id: str | None, record: bool = True) -> None:
-        """Apply faults; call with the lock held."""
-        for fault in self._faults:
-            if fault.matches(op, thread_id, self._rng):
-                fault.hits += 1
-                if record:
-                    self.calls.append((op, thread_id, fault.status))
+    def _call(self, op: str, thread_id: str | None, workspace: str | None,
+              fn: Callable[[], T]) -> T:
+        """Apply the fault plan, run ``fn`` under the lock, log the call."""
+        fault = self._plan.pick(op, thread_id, workspace)
+        if fault is not None:
+            if fault.latency:
+                time.sleep(fault.latency)
+            if fault.unanswered:
+                self._plan.record(op, thread_id, DROPPED)
+                raise RemoteUnavailable(
+                    f"{op}{f' for {thread_id}' if thread_id else ''}: no answer "
+                    f"(injected {'hang' if fault.hang else 'drop'})",
+                    operation=op, thread_id=thread_id, outcome_unknown=True,
+                )
+            if fault.status is not None:
+                self._plan.record(op, thread_id, fault.status)
                 raise error_from_status(
-                    fault.status, code="Injected", message="injected fault",
+                    fault.status, code=fault.code, message=fault.message,
                     operation=op, thread_id=thread_id, retry_after=fault.retry_after,
                 )
-        if record:
-            self.calls.append((op, thread_id, 200))
+        try:
+            with self._lock:
+                result = fn()
+        except RemoteError as exc:
+            self._plan.record(op, thread_id, exc.status_code or 500)
+            raise
+        self._plan.record(op, thread_id, 200)
+        return result
+
+    @staticmethod
+    def _not_found(op: str, thread_id: str | None, what: str = "thread") -> RemoteError:
+        return error_from_status(404, code="NotFound", message=f"no such {what}",
+                                 operation=op, thread_id=thread_id)
 
     def _get(self, op: str, thread_id: str, workspace: str | None) -> _Thread:
         thread = self._threads.get(thread_id)
         if thread is None or thread.workspace != workspace:
-            self.calls[-1] = (op, thread_id, 404)
-            raise error_from_status(404, code="NotFound", message="no such thread",
-                                    operation=op, thread_id=thread_id)
+            raise self._not_found(op, thread_id)
         return thread
 
     def _message(self, thread: _Thread, content: str, role: str,
@@ -155,63 +179,73 @@ class FakeRemote:
         thread.messages.append(msg)
         return msg
 
+    def _new_thread(self, messages: Sequence[Mapping[str, Any]],
+                    metadata: Mapping[str, Any] | None, workspace: str | None) -> _Thread:
+        thread = _Thread(f"thread_{uuid.uuid4().hex}", workspace, dict(metadata or {}),
+                         self._now())
+        self._threads[thread.id] = thread
+        for m in messages:
+            self._message(thread, str(m["content"]), str(m.get("role", "user")))
+        return thread
+
     # -- Remote protocol
 
     def create_thread(self, *, messages: Sequence[Mapping[str, Any]] | None = None,
                       metadata: Mapping[str, Any] | None = None,
-                      workspace: str | None = None, _record: bool = True) -> RemoteThread:
-        with self._lock:
-            self._enter("threads.create", None, _record)
-            thread = _Thread(f"thread_{uuid.uuid4().hex}", workspace, dict(metadata or {}),
-                             self._now())
-            self._threads[thread.id] = thread
-            for m in messages or ():
-                self._message(thread, str(m["content"]), str(m.get("role", "user")))
+                      workspace: str | None = None) -> RemoteThread:
+        def op() -> RemoteThread:
+            thread = self._new_thread(messages or (), metadata, workspace)
             return RemoteThread(thread.id, thread.created_at, dict(thread.metadata))
 
+        return self._call("threads.create", None, workspace, op)
+
     def retrieve_thread(self, thread_id: str, *, workspace: str | None = None) -> RemoteThread:
-        with self._lock:
-            self._enter("threads.retrieve", thread_id)
+        def op() -> RemoteThread:
             t = self._get("threads.retrieve", thread_id, workspace)
             return RemoteThread(t.id, t.created_at, dict(t.metadata))
 
+        return self._call("threads.retrieve", thread_id, workspace, op)
+
     def update_thread(self, thread_id: str, *, metadata: Mapping[str, Any],
                       workspace: str | None = None) -> RemoteThread:
-        with self._lock:
-            self._enter("threads.update", thread_id)
+        def op() -> RemoteThread:
             t = self._get("threads.update", thread_id, workspace)
             t.metadata = dict(metadata)
             return RemoteThread(t.id, t.created_at, dict(t.metadata))
 
+        return self._call("threads.update", thread_id, workspace, op)
+
     def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
-        with self._lock:
-            self._enter("threads.delete", thread_id)
+        def op() -> None:
             self._get("threads.delete", thread_id, workspace)
             del self._threads[thread_id]
+
+        self._call("threads.delete", thread_id, workspace, op)
 
     def create_message(self, thread_id: str, content: str, *, role: str = "user",
                        metadata: Mapping[str, Any] | None = None,
                        workspace: str | None = None) -> RemoteMessage:
-        with self._lock:
-            self._enter("messages.create", thread_id)
+        def op() -> RemoteMessage:
             t = self._get("messages.create", thread_id, workspace)
             return self._message(t, content, role, metadata)
 
+        return self._call("messages.create", thread_id, workspace, op)
+
     def list_messages(self, thread_id: str, *, after: str | None = None, limit: int = 100,
                       workspace: str | None = None) -> tuple[list[RemoteMessage], bool]:
-        with self._lock:
-            self._enter("messages.list", thread_id)
+        def op() -> tuple[list[RemoteMessage], bool]:
             t = self._get("messages.list", thread_id, workspace)
             ids = [m.id for m in t.messages]
             start = ids.index(after) + 1 if after in ids else 0
             page = t.messages[start : start + limit]
             return list(page), start + limit < len(t.messages)
 
+        return self._call("messages.list", thread_id, workspace, op)
+
     def create_run(self, thread_id: str, *, assistant_id: str, model: str | None = None,
                    instructions: str | None = None, metadata: Mapping[str, Any] | None = None,
                    workspace: str | None = None) -> RemoteRun:
-        with self._lock:
-            self._enter("runs.create", thread_id)
+        def op() -> RemoteRun:
             t = self._get("runs.create", thread_id, workspace)
             run = RemoteRun(id=f"run_{uuid.uuid4().hex}", thread_id=thread_id, status="queued",
                             assistant_id=assistant_id, model=model or "qwen-max",
@@ -219,17 +253,20 @@ class FakeRemote:
             t.runs[run.id] = run
             return run
 
+        return self._call("runs.create", thread_id, workspace, op)
+
     def retrieve_run(self, run_id: str, *, thread_id: str,
                      workspace: str | None = None) -> RemoteRun:
-        with self._lock:
-            self._enter("runs.retrieve", thread_id)
+        def op() -> RemoteRun:
             t = self._get("runs.retrieve", thread_id, workspace)
             run = t.runs.get(run_id)
             if run is None:
-                raise error_from_status(404, operation="runs.retrieve", thread_id=thread_id)
+                raise self._not_found("runs.retrieve", thread_id, "run")
             if run.status == "queued":
                 run = self._finish(t, run)
             return run
+
+        return self._call("runs.retrieve", thread_id, workspace, op)
 
     def _finish(self, t: _Thread, run: RemoteRun) -> RemoteRun:
         last_user = next((m.content for m in reversed(t.messages) if m.role == "user"), "")
@@ -250,7 +287,3 @@ class FakeRemote:
 
     def close(self) -> None:
         self.closed = True
-
-
-
-
