@@ -121,7 +121,7 @@ def test_verify_fix_leaves_a_thread_that_a_deleter_holds(store: ThreadStore) -> 
 
 
 def test_verify_logs_what_it_did(store: ThreadStore, caplog: pytest.LogCaptureFixture) -> None:
-    """Each verify run logs a summary line at INFO and each removal at WARNING."""
+    """Each verify run logs a summary line and each removal at INFO (shown with -v)."""
     ids = _make(store, 2)
     _vanish(store, ids[0])
     with caplog.at_level(logging.INFO, logger="threadstore"):

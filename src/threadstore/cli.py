@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import re
+import select
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -35,6 +37,8 @@ from .testing.emulator import Emulator
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What a shell reports for a command killed by SIGPIPE: the reader of stdout left.
+EXIT_SIGPIPE = 128 + 13
 
 log = logging.getLogger("threadstore")
 
@@ -59,10 +63,87 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
+def _db_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).db_url = value  # type: ignore[union-attr]
+
+
+def db_option(fn: F) -> F:
+    """``--db URL`` after the command name too (``threadstore stats --db URL``).
+
+    Given there, it wins over ``threadstore --db`` and THREADSTORE_DATABASE_URL.
+    """
+    option = click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        expose_value=False,
+        callback=_db_after_command,
+        help="Database URL (as 'threadstore --db URL'; wins over it).",
+    )
+    return option(fn)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one line on stderr and exit with ``code``."""
     click.echo(f"threadstore: error: {message}", err=True)
     sys.exit(code)
+
+
+def _reader_gone(stream: Any) -> bool:
+    """True if ``stream`` is a pipe or socket whose reading end has been closed."""
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False  # not a real file (an in-process test), or already closed
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) or not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _stdout_closed() -> NoReturn:
+    """End quietly the way a shell tool killed by SIGPIPE does: no message, status 141.
+
+    stdout is pointed at /dev/null first, so that the interpreter's final flush of
+    whatever is still buffered does not fail (and complain) a second time.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(EXIT_SIGPIPE)
+
+
+def finish_stdout() -> None:
+    """Flush stdout and make sure its reader took everything; else end as SIGPIPE would.
+
+    A command calls this before it prints a success line about data it wrote to
+    stdout: once the reader of a pipe is gone (``| head``), part of it was lost,
+    and whatever the write calls returned, the command must not say "done".
+    """
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+    if _reader_gone(sys.stdout):
+        _stdout_closed()
+
+
+def confirm_destructive(yes: bool, question: str) -> None:
+    """Ask ``question`` on a terminal; without one, refuse unless ``--yes`` was given.
+
+    A prompt nobody can answer (cron, CI, a pipe) would read end-of-file and abort
+    in a confusing way; a script must say ``--yes`` to mean it.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail("refusing to do this without a terminal to confirm on: pass --yes", EXIT_USAGE)
+    if not click.confirm(question, err=True):
+        fail("aborted", EXIT_USAGE)
 
 
 def _exit_code(exc: ThreadStoreError) -> int:
@@ -142,6 +223,20 @@ class _OneLineErrors(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
+            rv = self._one_line_main(args, prog_name, complete_var, **extra)
+        finally:
+            # Also on an error exit: a reader that left early makes it 141, quietly.
+            finish_stdout()
+        sys.exit(rv)
+
+    def _one_line_main(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        **extra: Any,
+    ) -> int:
+        try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
         except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click shows it
             exc.show()
@@ -153,7 +248,9 @@ class _OneLineErrors(click.Group):
             fail(" ".join(exc.format_message().split()), exc.exit_code)
         except click.Abort:
             fail("aborted", EXIT_FAILED)
-        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+        except BrokenPipeError:  # raised while click itself wrote to stdout (help, version)
+            _stdout_closed()
+        return rv if isinstance(rv, int) else EXIT_OK
 
     def invoke(self, ctx: click.Context) -> Any:
         # The last line of defence of "never a traceback": a bug, or a foreign
@@ -163,6 +260,9 @@ class _OneLineErrors(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            # stdout's reader went away (`| head`): the SIGPIPE convention, not an error.
+            _stdout_closed()
         except ThreadStoreError as exc:
             if log.isEnabledFor(logging.INFO):
                 log.exception("details")
@@ -233,6 +333,7 @@ def _engine(obj: Context) -> Any:
 
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
+@db_option
 @pass_ctx
 def db_upgrade(obj: Context, revision: str) -> None:
     """Migrate the schema to REVISION (default: head).
@@ -256,6 +357,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @db_group.command("downgrade")
 @click.argument("revision")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
 @pass_ctx
 def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
     """Migrate the schema down to REVISION ('base' drops every table: data is lost).
@@ -264,8 +366,7 @@ def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
     Example:
       threadstore db downgrade base --yes
     """
-    if not yes and not click.confirm(f"Downgrade to {revision}? Data may be lost", err=True):
-        fail("aborted", EXIT_USAGE)
+    confirm_destructive(yes, f"Downgrade to {revision}? Data may be lost")
     engine = _engine(obj)
     try:
         db.downgrade(engine, revision)
@@ -274,6 +375,7 @@ def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
 
 
 @db_group.command("current")
+@db_option
 @pass_ctx
 def db_current(obj: Context) -> None:
     """Print the schema revision of the database (empty line if none).
@@ -293,6 +395,7 @@ def db_current(obj: Context) -> None:
 
 
 @db_group.command("check")
+@db_option
 @pass_ctx
 def db_check(obj: Context) -> None:
     """Exit 0 if the schema is at head, 1 if a migration is pending.
@@ -437,6 +540,7 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
     metavar="X",
     help="At most X DashScope requests per second.",
 )
+@db_option
 @pass_ctx
 def verify_command(
     obj: Context, fix: bool, as_json: bool, concurrency: int, max_rps: float | None
@@ -465,9 +569,10 @@ def verify_command(
     else:
         for thread_id in report.missing:
             click.echo(thread_id)
-        if obj.verbosity >= 0:
+        if obj.verbosity == 0:  # at -v the log has already given each its line
             for thread_id, error in report.errors:
                 click.echo(f"unknown: {thread_id}: {error}", err=True)
+        if obj.verbosity >= 0:
             click.echo(
                 f"checked {report.checked} threads: {len(report.missing)} missing on DashScope, "
                 f"{report.fixed} fixed, {len(report.errors)} unknown ({report.elapsed:.1f} s)",
@@ -485,6 +590,7 @@ def verify_command(
     show_default=True,
     help="Rows re-encrypted per transaction.",
 )
+@db_option
 @pass_ctx
 def db_rotate_key(obj: Context, batch_size: int) -> None:
     """Re-encrypt stored messages and metadata with THREADSTORE_ENCRYPTION_KEY.
@@ -586,6 +692,7 @@ Examples:
 @_sweep_options
 @click.option("--dry-run", is_flag=True, help="Only list (stdout) what would be deleted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@db_option
 @pass_ctx
 def sweep_command(
     obj: Context,
@@ -631,11 +738,12 @@ def sweep_command(
     elif dry_run:
         for thread_id in report.would_delete:
             click.echo(thread_id)
-    if obj.verbosity >= 0:
+    if obj.verbosity == 0:  # at -v the log has already given each failure its line
         for thread_id, error in report.failed[:20]:
             click.echo(f"kept for retry: {thread_id}: {error}", err=True)
         if len(report.failed) > 20:
             click.echo(f"... and {len(report.failed) - 20} more", err=True)
+    if obj.verbosity >= 0:
         click.echo(f"sweep: {report.summary()}", err=True)
     if report.failed:
         sys.exit(EXIT_FAILED)
@@ -652,6 +760,7 @@ Examples:
 @_sweep_options
 @click.option("--every", type=_Duration(), default="1h", show_default=True,
               help="Time between sweeps: 30s, 15m, 1h, 1d.")
+@db_option
 @pass_ctx
 def schedule_command(
     obj: Context,
@@ -717,6 +826,8 @@ class _DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only
 
 DATETIME = _DateTimeParam()
 PROGRESS_EVERY = 100_000
+LIST_COUNT_CAP = 10_000
+"""``list`` counts the threads past its --limit up to this many, so the hint stays cheap."""
 
 
 def _when(value: datetime | None) -> str:
@@ -779,6 +890,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 @click.option("--workspace", metavar="W", help="Only threads of this DashScope workspace.")
 @click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
 @click.option("--redact", is_flag=True, help="Blank message text and metadata values.")
+@db_option
 @pass_ctx
 def export_command(
     obj: Context,
@@ -835,11 +947,11 @@ def export_command(
             )
         if to_stdout:
             target.flush()
+            # A reader that left early (`| head -c`) may have lost rows without
+            # any write failing: never report a truncated export as done.
+            finish_stdout()
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as other tools do.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(EXIT_FAILED)
+        _stdout_closed()
     except OSError as exc:
         fail(f"cannot write the export to {where}: {exc.strerror or exc}", EXIT_FAILED)
     if obj.verbosity >= 0:
@@ -855,6 +967,7 @@ def export_command(
     show_default=True,
     help="Idle days after which a thread counts as expired (as sweep --days).",
 )
+@db_option
 @pass_ctx
 def stats_command(obj: Context, as_json: bool, days: float) -> None:
     """Counts to check before and after a sweep, or for a monitor to scrape.
@@ -894,6 +1007,7 @@ def stats_command(obj: Context, as_json: bool, days: float) -> None:
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N threads."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) on stdout.")
+@db_option
 @pass_ctx
 def list_command(
     obj: Context,
@@ -911,10 +1025,16 @@ def list_command(
       threadstore list --inactive-days 30 --limit 200
     """
     inactive = timedelta(days=inactive_days) if inactive_days is not None else None
+    filters: dict[str, Any] = {"user_id": user_id, "workspace": workspace,
+                               "inactive_for": inactive}
+    more = 0
     with obj.store() as store:
-        found = store.list_threads(
-            user_id=user_id, workspace=workspace, inactive_for=inactive, limit=limit
-        )
+        # One row past the limit tells whether there are more, at no extra cost;
+        # only then are the rest counted, and never more than LIST_COUNT_CAP of them.
+        found = store.list_threads(**filters, limit=limit + 1)
+        if len(found) > limit:
+            found = found[:limit]
+            more = store.count_threads(**filters, at_most=limit + LIST_COUNT_CAP) - limit
         counts = store.thread_counts([t.thread_id for t in found])
     if as_json:
         items = [
@@ -923,27 +1043,31 @@ def list_command(
             for t in found
         ]
         click.echo(json.dumps(items, indent=2, ensure_ascii=False))
-        return
-    if not found:
+    elif not found:
         if obj.verbosity >= 0:
             click.echo("no threads match", err=True)
-        return
-    rows = [
-        [
-            t.thread_id,
-            t.user_id or "-",
-            _when(t.last_active),
-            str(counts[t.thread_id].messages),
-            "pinned" if t.pinned else f"ttl {_span(t.ttl)}" if t.ttl else "-",
+    else:
+        rows = [
+            [
+                t.thread_id,
+                t.user_id or "-",
+                _when(t.last_active),
+                str(counts[t.thread_id].messages),
+                "pinned" if t.pinned else f"ttl {_span(t.ttl)}" if t.ttl else "-",
+            ]
+            for t in found
         ]
-        for t in found
-    ]
-    _table(["THREAD ID", "USER", "LAST ACTIVE (UTC)", "MESSAGES", "PIN/TTL"], rows)
+        _table(["THREAD ID", "USER", "LAST ACTIVE (UTC)", "MESSAGES", "PIN/TTL"], rows)
+    if more and obj.verbosity >= 0:
+        finish_stdout()  # the rows first, then the hint, when both go to one terminal
+        plus = "+" if more >= LIST_COUNT_CAP else ""
+        click.echo(f"{more:,}{plus} more; use --limit N to see more than {limit:,}", err=True)
 
 
 @cli.command("show")
 @click.argument("thread_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@db_option
 @pass_ctx
 def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
     """Show a mirrored thread with its messages and runs.

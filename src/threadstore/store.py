@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     RowMapping,
     bindparam,
     delete,
+    func,
     insert,
     select,
     update,
@@ -715,15 +717,9 @@ class ThreadStore:
         limit: int | None = None,
     ) -> list[ThreadRecord]:
         """Mirrored threads, most recently active first, filtered as asked."""
-        query = select(threads).where(rules.is_active())
-        if user_id is not None:
-            query = query.where(threads.c.user_id == user_id)
-        if workspace is not None:
-            query = query.where(threads.c.workspace == workspace)
-        if inactive_for is not None:
-            query = query.where(threads.c.last_active < utcnow() - inactive_for)
-        if pinned is not None:
-            query = query.where(threads.c.pinned == pinned)
+        query = select(threads).where(
+            *self._thread_filter(user_id, workspace, inactive_for, pinned)
+        )
         query = query.order_by(threads.c.last_active.desc(), threads.c.thread_id)
         if limit is not None:
             if limit < 0:
@@ -731,6 +727,49 @@ class ThreadStore:
             query = query.limit(limit)
         with self._read() as conn:
             return [self._thread(r) for r in conn.execute(query).mappings()]
+
+    @staticmethod
+    def _thread_filter(
+        user_id: str | None,
+        workspace: str | None,
+        inactive_for: timedelta | None,
+        pinned: bool | None,
+    ) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = [rules.is_active()]
+        if user_id is not None:
+            conds.append(threads.c.user_id == user_id)
+        if workspace is not None:
+            conds.append(threads.c.workspace == workspace)
+        if inactive_for is not None:
+            conds.append(threads.c.last_active < utcnow() - inactive_for)
+        if pinned is not None:
+            conds.append(threads.c.pinned == pinned)
+        return conds
+
+    def count_threads(
+        self,
+        *,
+        user_id: str | None = None,
+        workspace: str | None = None,
+        inactive_for: timedelta | None = None,
+        pinned: bool | None = None,
+        at_most: int | None = None,
+    ) -> int:
+        """How many threads :meth:`list_threads` would return with the same filters.
+
+        ``at_most`` stops counting there, so the cost stays bounded however large
+        the store is.
+        """
+        if at_most is not None and at_most < 0:
+            raise ConfigError("at_most must not be negative")
+        inner = select(threads.c.thread_id).where(
+            *self._thread_filter(user_id, workspace, inactive_for, pinned)
+        )
+        if at_most is not None:
+            inner = inner.limit(at_most)
+        query = select(func.count()).select_from(inner.subquery())
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def thread_counts(self, thread_ids: Sequence[str]) -> Mapping[str, ThreadCounts]:
         """Message and run counts per thread (two grouped queries, not one per thread)."""

@@ -798,7 +798,8 @@ class _Sweep:
                 self.already_gone += 1
         for o in retry:
             self.failed.append((o.item.thread_id, o.error_text or "unknown error"))
-            log.warning("delete of %s failed, kept for retry: %s", o.item.thread_id, o.error_text)
+            # INFO: callers report failures from the report (the CLI: one line each).
+            log.info("delete of %s failed, kept for retry: %s", o.item.thread_id, o.error_text)
         self.done += len(gone) + len(retry)
         if self.progress is not None:
             self.progress(self.done, max(self.total, self.done))

@@ -142,7 +142,7 @@ def _fix(engine: Engine, thread_ids: list[str], owner: str) -> int:
             )
         if removed is not None:
             fixed += 1
-            log.warning("verify: removed the local rows of vanished thread %s", thread_id)
+            log.info("verify: removed the local rows of vanished thread %s", thread_id)
     return fixed
 
 
