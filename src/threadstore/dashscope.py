@@ -1,92 +1,85 @@
-"""Drop-in replacement for ``dashscope.Threads``, ``Messages`` and ``Runs``.
+"""Drop-in replacement for the ``dashscope`` SDK's Assistant API, with every call mirrored.
 
-Change one import line and every thread your code creates is mirrored::
+Change one import line and everything your code sends and gets back is recorded::
 
-    # from dashscope import Threads, Messages, Runs
-    from threadstore.dashscope import Threads, Messages, Runs
+    # from dashscope import Assistants, Threads, Messages, Runs, Steps
+    from threadstore.dashscope import Assistants, Threads, Messages, Runs, Steps
 
     thread = Threads.create(metadata={"created_by": "u1"}, user_id="u1")
     Messages.create(thread.id, content="hello")
-    run = Runs.create(thread.id, assistant_id="asst_…")
-    run = Runs.wait(run.id, thread_id=thread.id)   # mirrors the run and its reply
+    for event, obj in Runs.create(thread.id, assistant_id="asst_…", stream=True):
+        ...                                     # the SDK's own events, mirrored as they pass
 
-The calls keep the SDK's signatures (plus an optional ``user_id=`` on
-``Threads.create``) and return the SDK's own objects — including its error
-objects: like the SDK, a failed call returns an object whose ``status_code`` is
-404/429/500…, and network failures raise ``requests`` exceptions. What changes
-is that successful calls are mirrored into the store at
-``THREADSTORE_DATABASE_URL`` (default ``sqlite:///threadstore.db``), and that a
-thread DashScope knows but the store does not is adopted on first use.
+**Observe, don't reinterpret.** Every method has the SDK's signature, calls the
+SDK's method of the same name with the caller's arguments unchanged, and returns
+the SDK's own result unchanged — its objects, its error objects (the SDK does not
+raise on HTTP errors), its exceptions, its stream (a generator yielding exactly the
+SDK's events). It sends no request the SDK would not send. The only addition is
+``user_id=`` on thread creation, which travels in ``**kwargs`` and is never
+forwarded to DashScope. Names not wrapped here (``Files``, ``Thread``, ``Run`` …)
+resolve to the SDK's own.
 
-Two differences are deliberate: ``Threads.delete`` deletes the local row only
-once DashScope confirmed (so a failed delete can be retried), and writes to a
-thread that a sweep is deleting raise :class:`~threadstore.errors.ThreadExpired`.
+What is recorded, from which call, into the store at ``THREADSTORE_DATABASE_URL``
+(default ``sqlite:///threadstore.db``; one store per database URL, whatever the
+``api_key``): see :mod:`threadstore._mirror` and the README. A mirror write that
+fails never changes what the caller gets: it is logged on ``threadstore.dashscope``
+and counted (:func:`mirror_failures`).
+
+Two orders are kept from :class:`~threadstore.ThreadStore`: a thread create (also
+``create_and_run`` / ``create_thread_and_run``) writes its intent row *before* the
+request (a dead database raises :class:`~threadstore.errors.StoreError` and nothing
+is sent); ``Threads.delete`` removes the local row only once DashScope confirmed
+(through :meth:`ThreadStore.delete_thread`'s path, so a failed delete is retried by
+the sweep).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from . import db
-from .errors import RemoteError, ThreadNotFound
-from .remote import (
-    DashScopeRemote,
-    RemoteMessage,
-    RemoteRun,
-    RemoteThread,
-    sdk_delete_response,
-)
+from ._mirror import Mirror
+from .errors import ConfigError, RemoteError, StoreError, ThreadExpired, ThreadNotFound
+from .remote import _sdk, check_delete_result, outcome_unknown
 from .store import ENV_URL, ThreadStore
 
-__all__ = ["Messages", "Runs", "Threads", "close_stores"]
+__all__ = [
+    "Assistants",
+    "Messages",
+    "Runs",
+    "Steps",
+    "Threads",
+    "close_stores",
+    "mirror_failures",
+]
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_stores: dict[tuple[str, str | None], tuple[ThreadStore, _CapturingRemote]] = {}
+_stores: dict[str, tuple[ThreadStore, Mirror]] = {}
+_failures: dict[str, int] = {}
+
+Json = dict[str, Any]
+# Aliases: inside the classes below, ``list`` is the SDK-compatible method of that name.
+JsonList = list[Json]
+StrList = list[str]
 
 
-class _CapturingRemote(DashScopeRemote):
-    """Remembers, per calling thread, the SDK object behind the last result."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.last = threading.local()
-
-    def _keep(self, result: T) -> T:
-        self.last.raw = getattr(result, "raw", None)
-        return result
-
-    def create_thread(self, **kw: Any) -> RemoteThread:
-        return self._keep(super().create_thread(**kw))
-
-    def retrieve_thread(self, thread_id: str, **kw: Any) -> RemoteThread:
-        return self._keep(super().retrieve_thread(thread_id, **kw))
-
-    def update_thread(self, thread_id: str, **kw: Any) -> RemoteThread:
-        return self._keep(super().update_thread(thread_id, **kw))
-
-    def create_message(self, thread_id: str, content: str, **kw: Any) -> RemoteMessage:
-        return self._keep(super().create_message(thread_id, content, **kw))
-
-    def create_run(self, thread_id: str, **kw: Any) -> RemoteRun:
-        return self._keep(super().create_run(thread_id, **kw))
-
-    def retrieve_run(self, run_id: str, **kw: Any) -> RemoteRun:
-        return self._keep(super().retrieve_run(run_id, **kw))
-
-
-def _store(api_key: str | None) -> tuple[ThreadStore, _CapturingRemote]:
+def _store() -> tuple[ThreadStore, Mirror]:
+    """The store (and its mirror) for ``THREADSTORE_DATABASE_URL``: one per URL."""
     url = os.environ.get(ENV_URL) or db.DEFAULT_URL
-    key = (url, api_key)
+    found = _stores.get(url)
+    if found is not None:
+        return found
     with _lock:
-        if key not in _stores:
-            remote = _CapturingRemote(api_key=api_key)
-            _stores[key] = (ThreadStore(url, remote=remote), remote)
-        return _stores[key]
+        if url not in _stores:
+            store = ThreadStore(url)
+            _stores[url] = (store, Mirror(store.engine, store.codec))
+        return _stores[url]
 
 
 def close_stores() -> None:
@@ -97,105 +90,350 @@ def close_stores() -> None:
         _stores.clear()
 
 
-def _sdk_result(call: Callable[[], Any], remote: _CapturingRemote) -> Any:
-    """Run a store call and return what the SDK itself would have returned."""
-    remote.last.raw = None
-    try:
-        call()
-    except RemoteError as exc:
-        if exc.response is not None:
-            return exc.response  # the SDK's error object, as the SDK returns it
-        if exc.__cause__ is not None:
-            raise exc.__cause__ from None  # requests' exception, as the SDK raises it
-        raise
-    return remote.last.raw
+def mirror_failures() -> dict[str, int]:
+    """Mirror writes that failed in this process, by operation (``{"messages.create": 1}``)."""
+    with _lock:
+        return dict(_failures)
 
 
-def _mirrored(
-    store: ThreadStore, thread_id: str, workspace: str | None, call: Callable[[], Any]
-) -> Any:
-    """``call``; if the thread is not mirrored yet, adopt it first."""
+def _failed(op: str, exc: BaseException) -> None:
+    with _lock:
+        _failures[op] = _failures.get(op, 0) + 1
+    log.warning("%s: DashScope answered but the mirror write failed: %s", op, exc)
+
+
+def _ok(result: Any) -> bool:
+    """True for a successful SDK answer (the SDK returns errors as objects)."""
+    return getattr(result, "status_code", None) in (200, 201)
+
+
+def _observe(op: str, method: str, **kwargs: Any) -> None:
+    """Run one mirror write (``Mirror.<method>(**kwargs)``); failures are logged and counted."""
     try:
-        return call()
-    except ThreadNotFound:
-        store.adopt(thread_id, workspace=workspace)
-        return call()
+        getattr(_store()[1], method)(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - nothing may change what DashScope answered
+        _failed(op, exc)
+
+
+def _data(result: Any) -> list[Any]:
+    return list(getattr(result, "data", None) or [])
+
+
+# --------------------------------------------------------------------------- creates
+
+
+def _intent(*, user_id: Any, workspace: str | None, metadata: Any) -> str:
+    """Write a create's intent row (StoreError, before anything is sent, if it cannot)."""
+    return _store()[1].intent(user_id=user_id, workspace=workspace, metadata=metadata)
+
+
+def _settle_failed_create(op: str, intent_id: str, exc: BaseException) -> None:
+    try:
+        mirror = _store()[1]
+        if outcome_unknown(exc):
+            mirror.keep_intent(intent_id, f"{type(exc).__name__}: {exc}")
+        else:
+            mirror.drop_intent(intent_id)
+    except Exception as err:  # noqa: BLE001
+        _failed(op, err)
+
+
+def _settle_answer(op: str, intent_id: str, result: Any, thread_id: str | None) -> None:
+    try:
+        mirror = _store()[1]
+        if _ok(result) and thread_id:
+            mirror.settle_id(intent_id, thread_id)
+        else:
+            mirror.drop_intent(intent_id)
+    except Exception as exc:  # noqa: BLE001
+        _failed(op, exc)
+
+
+def _settle_thread(op: str, intent_id: str, thread: Any) -> None:
+    try:
+        _store()[1].settle(intent_id, thread)
+    except Exception as exc:  # noqa: BLE001
+        _failed(op, exc)
+
+
+def _thread_metadata(thread: Any) -> Any:
+    """The metadata of a create-and-run's ``thread`` argument."""
+    return thread.get("metadata") if isinstance(thread, dict) else None
+
+
+# --------------------------------------------------------------------------- streams
+
+
+_RUN_EVENTS = frozenset(
+    f"thread.run.{s}"
+    for s in (
+        "created", "queued", "in_progress", "requires_action", "completed", "failed",
+        "cancelled", "expired", "cancelling",
+    )
+)
+_STEP_EVENTS = frozenset(
+    f"thread.run.step.{s}"
+    for s in ("created", "in_progress", "completed", "failed", "cancelled", "expired")
+)
+_MESSAGE_EVENTS = frozenset({"thread.message.completed", "thread.message.incomplete"})
+
+
+def _mirrored_stream(
+    op: str,
+    events: Any,
+    *,
+    workspace: str | None,
+    thread_id: str | None,
+    intent_id: str | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """Yield the SDK's events unchanged, each mirrored before it is handed on.
+
+    Deltas are not written (the completed message and step carry the whole); a
+    stream abandoned half-way leaves the mirror at the last complete state seen.
+    """
+    active = True  # the first write of a run moves last_active
+    try:
+        for event, obj in events:
+            if event == "thread.created" and intent_id is not None:
+                new_id = getattr(obj, "id", None)
+                if isinstance(new_id, str):
+                    _settle_thread(op, intent_id, obj)
+                    intent_id, thread_id = None, new_id
+            elif event in _RUN_EVENTS:
+                tid = getattr(obj, "thread_id", None) or thread_id
+                if intent_id is not None and isinstance(tid, str):
+                    _settle_answer(op, intent_id, obj, tid)
+                    intent_id = None
+                _observe(op, "record", workspace=workspace, runs_seen=[obj], thread_id=tid,
+                         active=active)
+                active = False
+            elif event in _STEP_EVENTS:
+                _observe(op, "record_steps", workspace=workspace, steps=[obj])
+            elif event in _MESSAGE_EVENTS:
+                _observe(op, "record", workspace=workspace, messages_seen=[obj],
+                         thread_id=thread_id)
+            yield event, obj
+    finally:
+        if intent_id is not None:
+            # The stream ended without naming the thread: it may exist all the same.
+            _settle_failed_create(op, intent_id, _Unknown("the stream named no thread"))
+
+
+class _Unknown(Exception):
+    """Marks a create whose outcome the facade could not see."""
+
+
+# --------------------------------------------------------------------------- Threads
 
 
 class Threads:
-    """``dashscope.Threads`` with every create, update and delete mirrored."""
+    """``dashscope.Threads``: creates, updates and retrieves mirrored; delete remote-first."""
+
+    @classmethod
+    def call(
+        cls,
+        *,
+        messages: JsonList | None = None,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return cls.create(
+            messages=messages, metadata=metadata, workspace=workspace, api_key=api_key, **kwargs
+        )
 
     @classmethod
     def create(
         cls,
         *,
-        messages: list[dict[str, Any]] | None = None,
-        metadata: dict[str, Any] | None = None,
+        messages: JsonList | None = None,
+        metadata: Json | None = None,
         workspace: str | None = None,
         api_key: str | None = None,
-        user_id: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        store, remote = _store(api_key)
-        return _sdk_result(
-            lambda: store.create_thread(
-                user_id=user_id, metadata=metadata, messages=messages, workspace=workspace
-            ),
-            remote,
-        )
+        """``Threads.create``; ``user_id=`` (not sent) is recorded with the thread.
 
-    call = create
+        Messages passed here are mirrored once a call returns them (DashScope does
+        not return their ids on create, and the facade sends nothing extra).
+        """
+        user_id = kwargs.pop("user_id", None)
+        intent_id = _intent(user_id=user_id, workspace=workspace,
+                            metadata=metadata)
+        try:
+            result = _sdk().Threads.create(
+                messages=messages, metadata=metadata, workspace=workspace, api_key=api_key,
+                **kwargs,
+            )
+        except BaseException as exc:
+            _settle_failed_create("threads.create", intent_id, exc)
+            raise
+        try:
+            if _ok(result):
+                _store()[1].settle(intent_id, result)
+            else:
+                _store()[1].drop_intent(intent_id)
+        except Exception as exc:  # noqa: BLE001
+            _failed("threads.create", exc)
+        return result
+
+    @classmethod
+    def get(
+        cls, thread_id: str, *, workspace: str | None = None, api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Threads.get(thread_id, workspace=workspace, api_key=api_key, **kwargs)
+        _thread_seen("threads.retrieve", result, workspace, active=False)
+        return result
 
     @classmethod
     def retrieve(
         cls, thread_id: str, *, workspace: str | None = None, api_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        _, remote = _store(api_key)
-        return _sdk_result(lambda: remote.retrieve_thread(thread_id, workspace=workspace), remote)
-
-    get = retrieve
+        result = _sdk().Threads.retrieve(thread_id, workspace=workspace, api_key=api_key, **kwargs)
+        _thread_seen("threads.retrieve", result, workspace, active=False)
+        return result
 
     @classmethod
     def update(
         cls,
         thread_id: str,
         *,
-        metadata: dict[str, Any] | None = None,
+        metadata: Json | None = None,
         workspace: str | None = None,
         api_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        store, remote = _store(api_key)
-        return _sdk_result(
-            lambda: _mirrored(
-                store, thread_id, workspace,
-                lambda: store.update_thread(thread_id, metadata=metadata or {}),
-            ),
-            remote,
+        result = _sdk().Threads.update(
+            thread_id, metadata=metadata, workspace=workspace, api_key=api_key, **kwargs
         )
+        _thread_seen("threads.update", result, workspace, active=True)
+        return result
 
     @classmethod
     def delete(
-        cls, thread_id: str, *, workspace: str | None = None, api_key: str | None = None,
+        cls, thread_id: Any, *, workspace: str | None = None, api_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        store, _ = _store(api_key)
-        try:
+        """``Threads.delete``: DashScope first; the local row goes once DashScope confirmed.
+
+        The delete goes through :meth:`ThreadStore.delete_thread`'s path (claim,
+        remote delete, local removal only on confirmation), with the SDK's request.
+        """
+        answers: list[Any] = []
+
+        def send(_recorded_workspace: str | None) -> None:
+            result = _sdk().Threads.delete(
+                thread_id, workspace=workspace, api_key=api_key, **kwargs
+            )
+            answers.append(result)
+            check_delete_result(result, thread_id)
+
+        store = _mirrored_store()
+        if store is not None and isinstance(thread_id, str):
             try:
-                store.delete_thread(thread_id)
-            except ThreadNotFound:
-                # Not mirrored: nothing local to keep in step, delete remotely only.
-                store.remote.delete_thread(thread_id, workspace=workspace)
-        except RemoteError as exc:
-            if exc.response is None and exc.status_code is None and exc.__cause__ is not None:
-                raise exc.__cause__ from None
-            return exc.response if exc.response is not None else sdk_delete_response(thread_id, exc)
-        return sdk_delete_response(thread_id)
+                store._delete_via(thread_id, send, workspace=workspace)
+            except (ThreadNotFound, ThreadExpired, ConfigError):
+                pass  # not ours to remove here (or a sweep is removing it): just send it
+            except RemoteError:
+                if not answers:
+                    raise
+            except StoreError as exc:
+                _failed("threads.delete", exc)  # the local row stays; a sweep settles it
+            if answers:
+                return answers[-1]
+        return _sdk().Threads.delete(thread_id, workspace=workspace, api_key=api_key, **kwargs)
+
+    @classmethod
+    def create_and_run(
+        cls,
+        *,
+        assistant_id: str,
+        thread: Json | None = None,
+        model: str | None = None,
+        instructions: str | None = None,
+        additional_instructions: str | None = None,
+        tools: JsonList | None = None,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        user_id = kwargs.pop("user_id", None)
+        meta = _thread_metadata(thread)
+        intent_id = _intent(user_id=user_id, workspace=workspace,
+                            metadata=meta)
+        try:
+            result = _sdk().Threads.create_and_run(
+                assistant_id=assistant_id, thread=thread, model=model, instructions=instructions,
+                additional_instructions=additional_instructions, tools=tools, metadata=metadata,
+                workspace=workspace, api_key=api_key, **kwargs,
+            )
+        except BaseException as exc:
+            _settle_failed_create("threads.create_and_run", intent_id, exc)
+            raise
+        _run_created("threads.create_and_run", intent_id, result, workspace)
+        return result
+
+
+def _mirrored_store() -> ThreadStore | None:
+    try:
+        return _store()[0]
+    except Exception as exc:  # noqa: BLE001 - the delete itself must still go out
+        _failed("threads.delete", exc)
+        return None
+
+
+def _thread_seen(op: str, result: Any, workspace: str | None, *, active: bool) -> None:
+    if _ok(result):
+        _observe(op, "record", workspace=workspace, threads_seen=[result], active=active)
+
+
+def _run_created(op: str, intent_id: str | None, result: Any, workspace: str | None) -> None:
+    """Settle a create-and-run's intent with the run's thread, and record the run."""
+    tid = getattr(result, "thread_id", None) if _ok(result) else None
+    if intent_id is not None:
+        _settle_answer(op, intent_id, result, tid if isinstance(tid, str) else None)
+    if isinstance(tid, str):
+        _observe(op, "record", workspace=workspace, runs_seen=[result], thread_id=tid, active=True)
+
+
+# --------------------------------------------------------------------------- Messages
+
+
+def _messages_seen(
+    op: str, result: Any, workspace: str | None, thread_id: str, *, active: bool,
+    listed: bool = False,
+) -> None:
+    if _ok(result):
+        items = _data(result) if listed else [result]
+        _observe(op, "record", workspace=workspace, messages_seen=items,
+                 thread_id=thread_id, active=active)
 
 
 class Messages:
-    """``dashscope.Messages`` with every created message mirrored."""
+    """``dashscope.Messages``: every message created, listed, retrieved or updated is mirrored."""
+
+    @classmethod
+    def call(
+        cls,
+        thread_id: str,
+        *,
+        content: str,
+        role: str = "user",
+        file_ids: StrList = [],  # noqa: B006 - the SDK's own default
+        metadata: object | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        # Like the SDK's Messages.call, which does not pass api_key on to create.
+        return cls.create(
+            thread_id, content=content, role=role, file_ids=file_ids, metadata=metadata,
+            workspace=workspace, **kwargs,
+        )
 
     @classmethod
     def create(
@@ -204,25 +442,135 @@ class Messages:
         *,
         content: str,
         role: str = "user",
-        metadata: dict[str, Any] | None = None,
+        file_ids: StrList = [],  # noqa: B006 - the SDK's own default
+        metadata: object | None = None,
         workspace: str | None = None,
         api_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        store, remote = _store(api_key)
-        return _sdk_result(
-            lambda: _mirrored(
-                store, thread_id, workspace,
-                lambda: store.add_message(thread_id, content, role=role, metadata=metadata),
-            ),
-            remote,
+        result = _sdk().Messages.create(
+            thread_id, content=content, role=role, file_ids=file_ids, metadata=metadata,
+            workspace=workspace, api_key=api_key, **kwargs,
         )
+        _messages_seen("messages.create", result, workspace, thread_id, active=True)
+        return result
 
-    call = create
+    @classmethod
+    def retrieve(
+        cls, message_id: str, *, thread_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Messages.retrieve(
+            message_id, thread_id=thread_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        _messages_seen("messages.retrieve", result, workspace, thread_id, active=False)
+        return result
+
+    @classmethod
+    def get(
+        cls, message_id: str, *, thread_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Messages.get(
+            message_id, thread_id=thread_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        _messages_seen("messages.retrieve", result, workspace, thread_id, active=False)
+        return result
+
+    @classmethod
+    def list(
+        cls,
+        thread_id: str,
+        *,
+        limit: int | None = None,
+        order: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Messages.list(
+            thread_id, limit=limit, order=order, after=after, before=before,
+            workspace=workspace, api_key=api_key, **kwargs,
+        )
+        _messages_seen("messages.list", result, workspace, thread_id, active=False, listed=True)
+        return result
+
+    @classmethod
+    def update(
+        cls,
+        message_id: str,
+        *,
+        thread_id: str,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Messages.update(
+            message_id, thread_id=thread_id, metadata=metadata, workspace=workspace,
+            api_key=api_key, **kwargs,
+        )
+        _messages_seen("messages.update", result, workspace, thread_id, active=True)
+        return result
+
+
+# --------------------------------------------------------------------------- Runs
+
+
+def _run_answer(
+    op: str, result: Any, workspace: str | None, thread_id: str, *, active: bool,
+    stream: Any = False,
+) -> Any:
+    """Record a run answer, or wrap the SDK's stream so its events are recorded."""
+    if stream:
+        return _mirrored_stream(op, result, workspace=workspace, thread_id=thread_id)
+    if _ok(result):
+        _observe(op, "record", workspace=workspace, runs_seen=[result],
+                 thread_id=thread_id, active=active)
+    return result
 
 
 class Runs:
-    """``dashscope.Runs``: runs and the messages they add are mirrored."""
+    """``dashscope.Runs``: runs from every call (and stream events) are mirrored."""
+
+    @classmethod
+    def create_thread_and_run(
+        cls,
+        *,
+        assistant_id: str,
+        thread: Json | None = None,
+        model: str | None = None,
+        instructions: str | None = None,
+        additional_instructions: str | None = None,
+        tools: JsonList | None = None,
+        stream: bool | None = False,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        extra_body: Json | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        user_id = kwargs.pop("user_id", None)
+        meta = _thread_metadata(thread)
+        op = "runs.create_thread_and_run"
+        intent_id = _intent(user_id=user_id, workspace=workspace, metadata=meta)
+        try:
+            result = _sdk().Runs.create_thread_and_run(
+                assistant_id=assistant_id, thread=thread, model=model, instructions=instructions,
+                additional_instructions=additional_instructions, tools=tools, stream=stream,
+                metadata=metadata, workspace=workspace, extra_body=extra_body, api_key=api_key,
+                **kwargs,
+            )
+        except BaseException as exc:
+            _settle_failed_create(op, intent_id, exc)
+            raise
+        if stream:
+            return _mirrored_stream(op, result, workspace=workspace, thread_id=None,
+                                    intent_id=intent_id)
+        _run_created(op, intent_id, result, workspace)
+        return result
 
     @classmethod
     def create(
@@ -232,51 +580,388 @@ class Runs:
         assistant_id: str,
         model: str | None = None,
         instructions: str | None = None,
-        metadata: dict[str, Any] | None = None,
+        additional_instructions: str | None = None,
+        tools: JsonList | None = None,
+        metadata: Json | None = None,
+        stream: bool | None = False,
+        workspace: str | None = None,
+        extra_body: Json | None = None,
+        api_key: str | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Runs.create(
+            thread_id, assistant_id=assistant_id, model=model, instructions=instructions,
+            additional_instructions=additional_instructions, tools=tools, metadata=metadata,
+            stream=stream, workspace=workspace, extra_body=extra_body, api_key=api_key,
+            top_p=top_p, top_k=top_k, temperature=temperature, max_tokens=max_tokens, **kwargs,
+        )
+        return _run_answer("runs.create", result, workspace, thread_id, active=True,
+                           stream=stream)
+
+    @classmethod
+    def call(
+        cls,
+        thread_id: str,
+        *,
+        assistant_id: str,
+        model: str | None = None,
+        instructions: str | None = None,
+        additional_instructions: str | None = None,
+        tools: JsonList | None = None,
+        stream: bool | None = False,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        extra_body: Json | None = None,
+        api_key: str | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return cls.create(
+            thread_id, assistant_id=assistant_id, model=model, instructions=instructions,
+            additional_instructions=additional_instructions, tools=tools, stream=stream,
+            metadata=metadata, workspace=workspace, extra_body=extra_body, api_key=api_key,
+            top_p=top_p, top_k=top_k, temperature=temperature, max_tokens=max_tokens, **kwargs,
+        )
+
+    @classmethod
+    def list(
+        cls,
+        thread_id: str,
+        *,
+        limit: int | None = None,
+        order: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
         workspace: str | None = None,
         api_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        store, remote = _store(api_key)
-        return _sdk_result(
-            lambda: _mirrored(
-                store, thread_id, workspace,
-                lambda: store.start_run(
-                    thread_id, assistant_id=assistant_id, model=model,
-                    instructions=instructions, metadata=metadata,
-                ),
-            ),
-            remote,
+        result = _sdk().Runs.list(
+            thread_id, limit=limit, order=order, after=after, before=before,
+            workspace=workspace, api_key=api_key, **kwargs,
         )
-
-    call = create
+        if _ok(result):
+            items = _data(result)
+            _observe("runs.list", "record", workspace=workspace, runs_seen=items,
+                     thread_id=thread_id)
+        return result
 
     @classmethod
     def retrieve(
         cls, run_id: str, *, thread_id: str, workspace: str | None = None,
         api_key: str | None = None, **kwargs: Any,
     ) -> Any:
-        _, remote = _store(api_key)
-        return _sdk_result(
-            lambda: remote.retrieve_run(run_id, thread_id=thread_id, workspace=workspace), remote
+        result = _sdk().Runs.retrieve(
+            run_id, thread_id=thread_id, workspace=workspace, api_key=api_key, **kwargs
         )
+        return _run_answer("runs.retrieve", result, workspace, thread_id, active=False)
 
-    get = retrieve
+    @classmethod
+    def get(
+        cls, run_id: str, *, thread_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Runs.get(
+            run_id, thread_id=thread_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        return _run_answer("runs.retrieve", result, workspace, thread_id, active=False)
+
+    @classmethod
+    def submit_tool_outputs(
+        cls,
+        run_id: str,
+        *,
+        thread_id: str,
+        tool_outputs: JsonList,
+        stream: bool | None = False,
+        workspace: str | None = None,
+        extra_body: Json | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Runs.submit_tool_outputs(
+            run_id, thread_id=thread_id, tool_outputs=tool_outputs, stream=stream,
+            workspace=workspace, extra_body=extra_body, api_key=api_key, **kwargs,
+        )
+        return _run_answer("runs.submit_tool_outputs", result, workspace, thread_id,
+                           active=True, stream=stream)
 
     @classmethod
     def wait(
-        cls, run_id: str, *, thread_id: str, timeout_seconds: float = float("inf"),
-        workspace: str | None = None, api_key: str | None = None, **kwargs: Any,
+        cls,
+        run_id: str,
+        *,
+        thread_id: str,
+        timeout_seconds: float = float("inf"),
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Wait for the run to end; mirrors it and the messages it added."""
-        store, remote = _store(api_key)
-        return _sdk_result(
-            lambda: _mirrored(
-                store, thread_id, workspace,
-                lambda: store.wait_run(
-                    run_id, thread_id=thread_id, timeout=min(timeout_seconds, 24 * 3600.0),
-                    poll_interval=1.0,
-                ),
-            ),
-            remote,
+        result = _sdk().Runs.wait(
+            run_id, thread_id=thread_id, timeout_seconds=timeout_seconds, workspace=workspace,
+            api_key=api_key, **kwargs,
         )
+        return _run_answer("runs.wait", result, workspace, thread_id, active=False)
+
+    @classmethod
+    def update(
+        cls,
+        run_id: str,
+        *,
+        thread_id: str,
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Runs.update(
+            run_id, thread_id=thread_id, metadata=metadata, workspace=workspace,
+            api_key=api_key, **kwargs,
+        )
+        return _run_answer("runs.update", result, workspace, thread_id, active=True)
+
+    @classmethod
+    def cancel(
+        cls, run_id: str, *, thread_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Runs.cancel(
+            run_id, thread_id=thread_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        return _run_answer("runs.cancel", result, workspace, thread_id, active=True)
+
+    @classmethod
+    def convert_stream_object(cls, event: Any, item: Any) -> Any:
+        return _sdk().Runs.convert_stream_object(event, item)
+
+
+# --------------------------------------------------------------------------- Steps
+
+
+class Steps:
+    """``dashscope.Steps``: listed and retrieved run steps are mirrored."""
+
+    @classmethod
+    def list(
+        cls,
+        run_id: str,
+        *,
+        thread_id: str,
+        limit: int | None = None,
+        order: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Steps.list(
+            run_id, thread_id=thread_id, limit=limit, order=order, after=after, before=before,
+            workspace=workspace, api_key=api_key, **kwargs,
+        )
+        if _ok(result):
+            items = _data(result)
+            _observe("steps.list", "record_steps", workspace=workspace, steps=items)
+        return result
+
+    @classmethod
+    def retrieve(
+        cls, step_id: str, *, thread_id: str, run_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Steps.retrieve(
+            step_id, thread_id=thread_id, run_id=run_id, workspace=workspace, api_key=api_key,
+            **kwargs,
+        )
+        _step_seen("steps.retrieve", result, workspace)
+        return result
+
+    @classmethod
+    def get(
+        cls, step_id: str, *, thread_id: str, run_id: str, workspace: str | None = None,
+        api_key: str | None = None, **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Steps.get(
+            step_id, thread_id=thread_id, run_id=run_id, workspace=workspace, api_key=api_key,
+            **kwargs,
+        )
+        _step_seen("steps.retrieve", result, workspace)
+        return result
+
+
+def _step_seen(op: str, result: Any, workspace: str | None) -> None:
+    if _ok(result):
+        _observe(op, "record_steps", workspace=workspace, steps=[result])
+
+
+# --------------------------------------------------------------------------- Assistants
+
+
+def _assistants_seen(op: str, result: Any, workspace: str | None, *, listed: bool = False) -> None:
+    if _ok(result):
+        items = _data(result) if listed else [result]
+        _observe(op, "record_assistants", workspace=workspace, assistants=items)
+
+
+class Assistants:
+    """``dashscope.Assistants``: assistants mirrored; deleted locally once DashScope confirmed."""
+
+    @classmethod
+    def call(
+        cls,
+        *,
+        model: str,
+        name: str | None = None,
+        description: str | None = None,
+        instructions: str | None = None,
+        tools: JsonList | None = None,
+        file_ids: StrList | None = [],  # noqa: B006 - the SDK's own default
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return cls.create(
+            model=model, name=name, description=description, instructions=instructions,
+            tools=tools, file_ids=file_ids, metadata=metadata, workspace=workspace,
+            api_key=api_key, **kwargs,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        model: str,
+        name: str | None = None,
+        description: str | None = None,
+        instructions: str | None = None,
+        tools: JsonList | None = None,
+        file_ids: StrList | None = [],  # noqa: B006 - the SDK's own default
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.create(
+            model=model, name=name, description=description, instructions=instructions,
+            tools=tools, file_ids=file_ids, metadata=metadata, workspace=workspace,
+            api_key=api_key, top_p=top_p, top_k=top_k, temperature=temperature,
+            max_tokens=max_tokens, **kwargs,
+        )
+        _assistants_seen("assistants.create", result, workspace)
+        return result
+
+    @classmethod
+    def retrieve(
+        cls, assistant_id: str, *, workspace: str | None = None, api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.retrieve(
+            assistant_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        _assistants_seen("assistants.retrieve", result, workspace)
+        return result
+
+    @classmethod
+    def get(
+        cls, assistant_id: str, *, workspace: str | None = None, api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.get(assistant_id, workspace=workspace, api_key=api_key, **kwargs)
+        _assistants_seen("assistants.retrieve", result, workspace)
+        return result
+
+    @classmethod
+    def list(
+        cls,
+        *,
+        limit: int | None = None,
+        order: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.list(
+            limit=limit, order=order, after=after, before=before, workspace=workspace,
+            api_key=api_key, **kwargs,
+        )
+        _assistants_seen("assistants.list", result, workspace, listed=True)
+        return result
+
+    @classmethod
+    def update(
+        cls,
+        assistant_id: str,
+        *,
+        model: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        instructions: str | None = None,
+        tools: JsonList | None = None,
+        file_ids: StrList | None = [],  # noqa: B006 - the SDK's own default
+        metadata: Json | None = None,
+        workspace: str | None = None,
+        api_key: str | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.update(
+            assistant_id, model=model, name=name, description=description,
+            instructions=instructions, tools=tools, file_ids=file_ids, metadata=metadata,
+            workspace=workspace, api_key=api_key, top_p=top_p, top_k=top_k,
+            temperature=temperature, max_tokens=max_tokens, **kwargs,
+        )
+        _assistants_seen("assistants.update", result, workspace)
+        return result
+
+    @classmethod
+    def cancel(
+        cls,
+        target: str,
+        path: str | None = None,
+        api_key: str | None = None,
+        workspace: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The SDK's generic ``cancel`` (inherited by its Assistants), passed through."""
+        return _sdk().Assistants.cancel(
+            target, path=path, api_key=api_key, workspace=workspace, **kwargs
+        )
+
+    @classmethod
+    def delete(
+        cls, assistant_id: str, *, workspace: str | None = None, api_key: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        result = _sdk().Assistants.delete(
+            assistant_id, workspace=workspace, api_key=api_key, **kwargs
+        )
+        if _ok(result) and getattr(result, "deleted", False) is True:
+            _observe("assistants.delete", "forget_assistant", assistant_id=assistant_id)
+        return result
+
+
+def __getattr__(name: str) -> Any:
+    """Names this module does not wrap resolve to the SDK's own (``Files``, ``Run`` …)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        return getattr(_sdk(), name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -707,23 +707,37 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date; rare enough to fall back to our own backoff
 
 
-# --------------------------------------------------------------------------- SDK objects
+# --------------------------------------------------------------------------- facade helpers
 
 
-def sdk_delete_response(thread_id: str, error: RemoteError | None = None) -> Any:
-    """The SDK's own ``DeleteResponse`` for a delete done over the pooled session.
+def check_delete_result(result: Any, thread_id: str) -> None:
+    """Raise the typed error unless the SDK's ``Threads.delete`` answer confirms the delete.
 
-    The drop-in facade returns SDK objects; success carries ``deleted=True`` and
-    status 200, an error carries ``status_code``, ``code``, ``message`` and
-    ``request_id`` like the SDK's error results.
+    For the facade, which sends the SDK's own request and lets the store judge the
+    answer as it judges its own deletes.
     """
-    if error is None:
-        return _sdk().assistants.assistant_types.DeleteResponse(
-            id=thread_id, object="thread.deleted", deleted=True, status_code=200
+    _check(result, "threads.delete", thread_id)
+    if getattr(result, "deleted", None) is not True:  # a 200 that did not confirm it
+        raise error_from_status(
+            502, message="the delete was not confirmed", operation="threads.delete",
+            thread_id=thread_id, response=result,
         )
-    return _sdk().assistants.assistant_types.DeleteResponse(
-        status_code=error.status_code,
-        code=error.code or "",
-        message=str(error),
-        request_id=error.request_id or "",
-    )
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether a create that raised ``exc`` may have happened remotely all the same.
+
+    Not when the SDK refused before sending (its own exceptions: no key, a required
+    input missing) or the connection was never made; otherwise — a timeout after
+    sending, a connection dropped mid-request, an answer the SDK could not read —
+    it may have.
+    """
+    if _loaded_sdk() is not None:
+        from dashscope.common.error import DashScopeException  # noqa: PLC0415
+
+        if isinstance(exc, DashScopeException):
+            return False
+    if isinstance(exc, requests.RequestException):
+        translated = _translate_exception(exc, "threads.create", None)
+        return bool(getattr(translated, "outcome_unknown", False))
+    return True

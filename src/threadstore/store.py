@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -144,6 +144,10 @@ _ACTIVATE_INTENT = (
         ttl_expires_at=bindparam("p_ttl_expires_at"),
     )
 )
+
+
+class _Any:
+    """Marker: no workspace given (None is a workspace: the default scope)."""
 
 
 class ThreadStore:
@@ -857,14 +861,36 @@ class ThreadStore:
         404. Any other remote error leaves the row as it was and is raised.
         :class:`ThreadExpired` if a sweep is deleting it right now.
         """
+        self._delete_via(
+            thread_id,
+            lambda workspace: self.remote.delete_thread(thread_id, workspace=workspace),
+            lease=lease,
+        )
+
+    def _delete_via(
+        self,
+        thread_id: str,
+        send: Callable[[str | None], None],
+        *,
+        workspace: str | type[_Any] | None = _Any,
+        lease: timedelta = timedelta(minutes=5),
+    ) -> None:
+        """:meth:`delete_thread` with ``send(workspace)`` as the remote delete.
+
+        The facade passes the SDK's own request here, so that its deletes follow
+        the same claim / confirm / remove order. ``workspace``, when given, must be
+        the thread's (else :class:`ThreadNotFound`: the id names another scope).
+        """
         _check_id(thread_id)
         with self._write() as conn:
             row = self._row(conn, thread_id)
+            if workspace is not _Any and row["workspace"] != workspace:
+                raise ThreadNotFound(thread_id)
             if not claim_thread(conn, thread_id, owner=self.owner, lease=lease):
                 raise ThreadExpired(thread_id)
         result = "deleted"
         try:
-            self.remote.delete_thread(thread_id, workspace=row["workspace"])
+            send(row["workspace"])
         except RemoteNotFound:
             result = "already_gone"
         except BaseException:
