@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import dashscope
@@ -25,9 +24,10 @@ WEATHER = {
 
 @pytest.fixture
 def facade(
-    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[ModuleType, str]]:
-    url = f"sqlite:///{tmp_path / 'facade.db'}"
+    """The facade module, mirroring into a fresh store on every backend."""
+    url = db_url
     monkeypatch.setenv("THREADSTORE_DATABASE_URL", url)
     from threadstore import dashscope as facade_module
 
