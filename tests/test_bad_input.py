@@ -178,13 +178,23 @@ def test_unknown_thread_ids_raise_thread_not_found(fake_store: ThreadStore) -> N
         lambda: fake_store.pin("thread_nope"),
         lambda: fake_store.touch("thread_nope"),
         lambda: fake_store.delete_thread("thread_nope"),
-        lambda: fake_store.get_thread(""),
-        lambda: fake_store.get_thread("x" * 1000),
-        lambda: fake_store.get_thread("thread_\x00"),
     ):
         with pytest.raises(ThreadNotFound):
             call()
     assert fake_store.list_threads() == []
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 1000, "thread_\x00"], ids=["empty", "long", "nul"])
+def test_malformed_thread_ids_are_bad_input(fake_store: ThreadStore, bad: str) -> None:
+    """A string that cannot be a thread id is ConfigError (bad input), not ThreadNotFound."""
+    for call in (
+        lambda: fake_store.get_thread(bad),
+        lambda: fake_store.messages(bad),
+        lambda: fake_store.touch(bad),
+        lambda: fake_store.delete_thread(bad),
+    ):
+        with pytest.raises(ConfigError, match="not a thread id"):
+            call()
 
 
 HOSTILE = [

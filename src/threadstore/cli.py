@@ -9,7 +9,6 @@ retry, 2 bad usage or configuration — never a traceback unless ``-v``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import click
 
 from . import __version__, db
 from . import export as export_module
+from .codec import jsonable, to_json
 from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
 from .schedule import parse_duration, run_blocking
@@ -845,21 +845,6 @@ def _span(value: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _jsonable(value: Any) -> Any:
-    """Records (dataclasses) as JSON-ready values: ISO 8601 UTC, TTLs in seconds."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
-    if isinstance(value, timedelta):
-        return int(value.total_seconds())
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in (headers, *rows):
@@ -1038,11 +1023,11 @@ def list_command(
         counts = store.thread_counts([t.thread_id for t in found])
     if as_json:
         items = [
-            {**_jsonable(t), "message_count": counts[t.thread_id].messages,
+            {**jsonable(t), "message_count": counts[t.thread_id].messages,
              "run_count": counts[t.thread_id].runs}
             for t in found
         ]
-        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+        click.echo(to_json(items, indent=True))
     elif not found:
         if obj.verbosity >= 0:
             click.echo("no threads match", err=True)
@@ -1079,13 +1064,11 @@ def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
     """
     with obj.store() as store:
         thread = store.get_thread(thread_id)
-        items = store.messages(thread_id)
-        done = store.runs(thread_id)
+        children = store.children(thread_id)
     if as_json:
-        runs_out = [{k: v for k, v in _jsonable(r).items() if k != "messages"} for r in done]
-        data = {"thread": _jsonable(thread), "messages": _jsonable(items), "runs": runs_out}
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(to_json({"thread": thread, **children}, indent=True))
         return
+    items, done = children.pop("messages"), children.pop("runs")
     fields = [
         ("thread", thread.thread_id),
         ("user", thread.user_id or "-"),
@@ -1120,6 +1103,10 @@ def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
             f"  {_when(r.created_at)} {r.run_id} {r.status} {r.assistant_id or '-'} "
             f"{r.model or '-'}{tokens}{error}"
         )
+    for name, records in children.items():  # kinds without a layout of their own
+        click.echo(f"\n{name} ({len(records)}):")
+        for record in records:
+            click.echo(f"  {to_json(record)}")
 
 
 def main() -> None:

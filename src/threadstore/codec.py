@@ -18,6 +18,13 @@ keys can go. The same command encrypts the plain rows of a store that had no key
 before. It can be interrupted and rerun: rows already under the new key are
 skipped.
 
+**The JSON form of records** is defined here too, once: :func:`jsonable` turns
+records (frozen dataclasses) into JSON-ready values — timestamps as ISO 8601 in
+UTC with microseconds and an explicit offset (``2026-01-02T03:04:05.123456+00:00``),
+durations as whole seconds — and :func:`to_json` is the one encoder. The sweep
+archive, ``show --json``/``list --json`` and the JSONL export all use them, so the
+same record reads the same everywhere.
+
 Text containing NUL (``\\x00``) is refused with ConfigError on every backend:
 PostgreSQL's ``text`` cannot hold it, and a store must behave the same whatever
 its database.
@@ -25,9 +32,11 @@ its database.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -35,7 +44,16 @@ from sqlalchemy import Column, Connection, Table, select, update
 
 from .errors import ConfigError
 
-__all__ = ["PREFIX", "Codec"]
+__all__ = [
+    "PLAIN_PREFIX",
+    "PREFIX",
+    "Codec",
+    "dump_ready",
+    "iso",
+    "jsonable",
+    "refuse_nul",
+    "to_json",
+]
 
 PREFIX = "fernet:"
 # Plain text that happens to start with a prefix is stored escaped behind this one,
@@ -180,3 +198,52 @@ class Codec:
             return {}
         loaded = json.loads(self.decode_text(stored))
         return loaded if isinstance(loaded, dict) else {}
+
+
+# --------------------------------------------------------------------------- JSON form
+
+
+def iso(value: datetime) -> str:
+    """A timestamp in the records' JSON form: UTC, microseconds, explicit offset."""
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def jsonable(value: Any) -> Any:
+    """Records (dataclasses) as JSON-ready values; see the module docstring.
+
+    A dataclass field whose metadata says ``{"json": False}`` (a run's
+    ``messages``, which are records of another kind) is left out.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.metadata.get("json", True)
+        }
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+_ENCODE_INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2).encode
+
+
+def dump_ready(value: Any, *, indent: bool = False) -> str:
+    """The one JSON encoder (UTF-8 text, not ASCII-escaped), for JSON-ready values.
+
+    The JSONL export calls it per row on values that are already in the records'
+    form (timestamps formatted by the database); everything else uses :func:`to_json`.
+    """
+    return (_ENCODE_INDENTED if indent else _ENCODE)(value)
+
+
+def to_json(value: Any, *, indent: bool = False) -> str:
+    """Records (and anything holding them) as JSON text in the records' form."""
+    return dump_ready(jsonable(value), indent=indent)

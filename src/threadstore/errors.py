@@ -5,13 +5,15 @@ Every error threadstore raises on purpose derives from :class:`ThreadStoreError`
     ThreadStoreError
     ├── ThreadNotFound        the thread is not in the local mirror
     ├── ThreadExpired         the thread is being swept (claimed for deletion)
-    ├── ConfigError           bad configuration or input: URL, key, option value
+    ├── ConfigError           bad configuration or input: URL, key, option value, id
     ├── StoreError            the local database failed (wraps SQLAlchemy errors)
+    │   └── ArchiveError          the sweep archive could not be written
     └── RemoteError           DashScope answered with an error or could not be reached
         ├── RemoteNotFound        404: the remote object does not exist (any more)
         ├── RemoteAuthError       401/403, or no API key at all
         ├── RemoteRateLimited     429 (``retry_after`` in seconds when the server said)
         └── RemoteUnavailable     5xx, 408, timeouts and connection errors: transient
+            └── RunTimeout            a run was still going when ``wait_run`` gave up
 
 This module imports nothing from the rest of the package, so any module may use it.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ArchiveError",
     "ConfigError",
     "RemoteAuthError",
     "RemoteError",
     "RemoteNotFound",
     "RemoteRateLimited",
     "RemoteUnavailable",
+    "RunTimeout",
     "StoreError",
     "ThreadExpired",
     "ThreadNotFound",
@@ -65,7 +69,9 @@ class ConfigError(ThreadStoreError, ValueError):
     """Raised for bad configuration or bad input before anything is changed.
 
     Examples: a malformed or unreachable database URL, a missing directory, a
-    wrong encryption key, metadata that is not JSON, a negative TTL.
+    wrong encryption key, metadata that is not JSON, a negative TTL, a string that
+    cannot be a thread id (empty, too long, NUL). A well-formed id the store does
+    not hold is :class:`ThreadNotFound` instead.
     """
 
 
@@ -74,6 +80,17 @@ class StoreError(ThreadStoreError):
 
     The operation's transaction was rolled back; the original SQLAlchemy error is
     chained as ``__cause__``.
+    """
+
+
+class ArchiveError(StoreError):
+    """Raised when a sweep cannot write its archive file (disk full, I/O error).
+
+    Not a usage error: the threads whose archive write failed keep their local
+    rows (the deleting transaction rolled back); their remote threads are gone,
+    so the next sweep finds them answering 404 and archives them then. The
+    ``OSError`` is chained as ``__cause__``. (An archive path that cannot even be
+    opened is refused up front with :class:`ConfigError`.)
     """
 
 
@@ -153,3 +170,21 @@ class RemoteUnavailable(RemoteError):
     @property
     def transient(self) -> bool:
         return True
+
+
+class RunTimeout(RemoteUnavailable):
+    """Raised when a run is still going after ``wait_run``'s (or ``run``'s) timeout.
+
+    DashScope answered every poll; the run simply did not finish in time. Its last
+    state stays mirrored, and waiting again may see it finish. ``run_id`` and
+    ``status`` (the last one seen) say which run and where it was.
+
+    It subclasses :class:`RemoteUnavailable` so that code written for 0.1, which
+    caught that for a timeout, keeps working; catch ``RunTimeout`` first to tell
+    "not finished yet" from "DashScope could not be reached".
+    """
+
+    def __init__(self, message: str, *, run_id: str, status: str, **kw: Any) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(message, **kw)

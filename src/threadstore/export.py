@@ -73,79 +73,22 @@ from sqlalchemy import (
 
 from . import _rules as rules
 from . import db
-from .codec import PLAIN_PREFIX, PREFIX, Codec
+from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_ready, iso
 from .errors import ConfigError, StoreError
-from .models import deletions, messages, runs, threads
+from .models import BOOL, INT, JSON, KINDS, LEN, TEXT, THREADS, TS, messages, runs, threads
+from .models import kind as declared_kind
 
 __all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "export"]
 
-TABLES = ("threads", "messages", "runs", "deletions")
+TABLES = tuple(k.name for k in KINDS)
 FORMATS = ("jsonl", "csv", "parquet")
 BATCH = 5000
 log = logging.getLogger(__name__)
 
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
-# Column kinds: how a value is typed in Parquet and treated on the way out.
-STR, INT, BOOL, TS, JSON, TEXT, LEN = "str", "int", "bool", "ts", "json", "text", "len"
-
-COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "threads": (
-        ("thread_id", STR),
-        ("workspace", STR),
-        ("user_id", STR),
-        ("created_at", TS),
-        ("last_active", TS),
-        ("metadata", JSON),
-        ("pinned", BOOL),
-        ("ttl_seconds", INT),
-        ("ttl_expires_at", TS),
-        ("message_count", INT),
-        ("run_count", INT),
-        ("prompt_tokens", INT),
-        ("completion_tokens", INT),
-        ("total_tokens", INT),
-    ),
-    "messages": (
-        ("message_id", STR),
-        ("thread_id", STR),
-        ("role", STR),
-        ("content", TEXT),
-        ("content_length", LEN),
-        ("created_at", TS),
-        ("run_id", STR),
-        ("assistant_id", STR),
-        ("metadata", JSON),
-    ),
-    "runs": (
-        ("run_id", STR),
-        ("thread_id", STR),
-        ("assistant_id", STR),
-        ("model", STR),
-        ("status", STR),
-        ("created_at", TS),
-        ("started_at", TS),
-        ("completed_at", TS),
-        ("failed_at", TS),
-        ("last_error", STR),
-        ("prompt_tokens", INT),
-        ("completion_tokens", INT),
-        ("total_tokens", INT),
-    ),
-    "deletions": (
-        ("id", INT),
-        ("thread_id", STR),
-        ("workspace", STR),
-        ("user_id", STR),
-        ("created_at", TS),
-        ("last_active", TS),
-        ("deleted_at", TS),
-        ("reason", STR),
-        ("remote_result", STR),
-        ("message_count", INT),
-        ("run_count", INT),
-    ),
-}
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {k.name: k.export for k in KINDS}
+"""Each table's export columns and their types, from the kinds' declarations."""
 
 Progress = Callable[[int], None]
 
@@ -166,8 +109,7 @@ def _fix_ts(value: str) -> str:
     return value.replace(" ", "T", 1) + "+00:00"
 
 
-def _iso_py(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+_iso_py = iso
 
 
 @dataclass(frozen=True)
@@ -201,21 +143,10 @@ def _build(
     workspace: str | None,
     user_id: str | None,
 ) -> _Query:
-    spec = COLUMNS[table]
+    declared = declared_kind(table)
+    spec = declared.export
     ts_mode = {"sqlite": TS_TEXT, "postgresql": TS_ISO}.get(dialect, TS_DATETIME)
-    base = {"threads": threads, "messages": messages, "runs": runs, "deletions": deletions}[table]
-    time_col = {
-        "threads": threads.c.last_active,
-        "messages": messages.c.created_at,
-        "runs": runs.c.created_at,
-        "deletions": deletions.c.deleted_at,
-    }[table]
-    id_col = {
-        "threads": threads.c.thread_id,
-        "messages": messages.c.message_id,
-        "runs": runs.c.run_id,
-        "deletions": deletions.c.id,
-    }[table]
+    base, time_col, id_col = declared.table, declared.time, declared.id
 
     conds: list[ColumnElement[bool]] = []
     if since is not None:
@@ -224,7 +155,7 @@ def _build(
         conds.append(time_col < until)
 
     owner_conds: list[ColumnElement[bool]] = []
-    owner_table = deletions if table == "deletions" else threads
+    owner_table = threads if declared.child_of_thread or declared is THREADS else base
     if workspace is not None:
         owner_conds.append(owner_table.c.workspace == workspace)
     if user_id is not None:
@@ -233,7 +164,7 @@ def _build(
     # content_length is filled in client-side, from the decrypted text.
     exprs: dict[str, ColumnElement[Any]] = {"content_length": null()}
     from_: Any = base
-    if table == "threads":
+    if declared is THREADS:
         conds += [rules.is_active(), *owner_conds]
         # The same filters restrict the aggregates, so a narrow export of a big
         # store does not count every message in it.
@@ -266,7 +197,7 @@ def _build(
             "completion_tokens": func.coalesce(r.c.completion, 0),
             "total_tokens": func.coalesce(r.c.total, 0),
         }
-    elif table in ("messages", "runs"):
+    elif declared.child_of_thread:
         if owner_conds:
             conds.append(base.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
     else:
@@ -281,7 +212,7 @@ def _build(
             expr = case((expr, 1), else_=0)
         columns.append(expr.label(name))
     statement = select(*columns).select_from(from_).where(*conds)
-    if table in ("threads", "deletions"):
+    if not declared.child_of_thread:
         # Small tables: ordered. Sorting messages or runs would cost more than
         # the rest of the export (and memory on the server): storage order.
         statement = statement.order_by(time_col, id_col)
@@ -445,7 +376,7 @@ class _Writer:
 class _JsonlWriter(_Writer):
     def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
         super().__init__(sink, query, codec, redact)
-        self.encode = json.JSONEncoder(ensure_ascii=False).encode
+        self.encode = dump_ready
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         cols = _py_columns(self.query, _transpose(rows), self.codec, self.redact)
@@ -636,7 +567,7 @@ def _adbc_batches(engine: Engine, query: _Query, size: int) -> Iterator[Any] | N
     if (
         dbapi is None
         or engine.dialect.name != "sqlite"
-        or query.table not in ("messages", "runs")
+        or not declared_kind(query.table).child_of_thread
         or database in ("", ":memory:")
         or database.startswith("file:")
     ):

@@ -7,44 +7,68 @@ and an index for every filter the sweep and the export use.
 
 ``threads.metadata`` and ``messages.content``/``metadata`` are text columns: they
 hold JSON (or plain text), or a Fernet token when ``THREADSTORE_ENCRYPTION_KEY`` is
-set; :mod:`threadstore.codec` encodes and decodes them.
+set. Which columns are encrypted is part of each kind's declaration (below); the
+declaration's row mapping (:meth:`Kind.row`, :meth:`Kind.to_record`) is the one
+place that encodes and decodes them with :mod:`threadstore.codec`.
 
-Expiry: a thread is expired when it is not pinned and either it has its own TTL
-and ``ttl_expires_at`` (``last_active + ttl``, kept in step by the store) has
-passed, or it has none and ``last_active`` is older than the sweep's cutoff. Both
-halves are plain indexed comparisons, the same SQL on every backend.
+**One declaration per mirrored kind.** Each object type the mirror holds (thread,
+message, run; the deletions log too) is a :class:`Kind`: its table, id and time
+columns, how a remote object becomes a row (:meth:`Kind.from_remote`), how rows are
+written (:meth:`Kind.upsert`: idempotent by id, never older-over-newer), its record
+type, its export columns, its encrypted columns, and whether it is a child of a
+thread (removed, archived and counted with it). Store, sweep, export, stats, the
+CLI's ``show`` and ``rotate-key`` read :data:`KINDS` instead of listing kinds.
+
+Thread-state rules (statuses, expiry, lease) live in :mod:`threadstore._rules`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    RowMapping,
     String,
     Table,
     Text,
     false,
+    insert,
+    select,
     text,
+    update,
 )
 from sqlalchemy.types import TypeDecorator
 
+if TYPE_CHECKING:
+    from .codec import Codec
+
 __all__ = [
+    "DELETIONS",
+    "KINDS",
+    "MESSAGES",
+    "RUNS",
+    "THREADS",
+    "THREAD_CHILDREN",
+    "Kind",
     "MessageRecord",
     "RunRecord",
     "ThreadRecord",
     "UTCDateTime",
     "deletions",
+    "kind",
     "messages",
     "metadata",
     "runs",
@@ -255,4 +279,299 @@ class RunRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
-    messages: tuple[MessageRecord, ...] = ()
+    # Not a column: the messages this run added (not part of its JSON form).
+    messages: tuple[MessageRecord, ...] = field(default=(), metadata={"json": False})
+
+
+# --------------------------------------------------------------------------- declarations
+
+Row = Mapping[str, Any] | RowMapping
+
+# How an export column is typed (Parquet) and treated on the way out.
+STR, INT, BOOL, TS, JSON, TEXT, LEN = "str", "int", "bool", "ts", "json", "text", "len"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One mirrored object type, declared once.
+
+    ``name`` is the table's name, which is also the export's table name and the
+    key of the kind in the sweep archive and ``show --json``. ``id_column`` is the
+    primary key (DashScope's id); ``time_column`` the natural time (export's
+    ``since``/``until``, the order children are read in). ``record`` is the frozen
+    dataclass a row becomes; ``export`` the export columns with their types.
+
+    ``child_of_thread``: the table has a ``thread_id`` and its rows belong to that
+    thread: they are removed with it (explicitly — ``ON DELETE CASCADE`` needs
+    foreign keys on), written to the archive with it, and — if ``deletion_count``
+    names a column of the ``deletions`` log — counted there.
+
+    ``encrypted_text`` / ``encrypted_json`` are the columns stored through the
+    codec (encrypted when a key is set); :meth:`row` and :meth:`to_record` are the
+    only places that encode and decode them.
+
+    ``progress`` says how far along an object is (for runs: the status rank);
+    :meth:`upsert` never replaces a stored row by one less far along, so a late
+    ``in_progress`` snapshot cannot overwrite ``completed``. ``refresh=False``
+    keeps the first row written for an id (messages: their stored order is
+    ours).
+    """
+
+    name: str
+    table: Table
+    id_column: str
+    time_column: str
+    record: type[Any] | None
+    export: tuple[tuple[str, str], ...]
+    child_of_thread: bool = False
+    encrypted_text: tuple[str, ...] = ()
+    encrypted_json: tuple[str, ...] = ()
+    deletion_count: str | None = None
+    progress: Callable[[Mapping[str, Any]], Any] | None = None
+    refresh: bool = True
+    adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def id(self) -> Column[Any]:
+        return self.table.c[self.id_column]
+
+    @property
+    def time(self) -> Column[Any]:
+        return self.table.c[self.time_column]
+
+    @property
+    def encrypted(self) -> tuple[str, ...]:
+        return self.encrypted_text + self.encrypted_json
+
+    # -- rows
+
+    def from_remote(self, obj: Any, **values: Any) -> dict[str, Any]:
+        """Column values (plain) for a remote object: its fields of the same names.
+
+        ``obj.id`` fills the id column; ``values`` override; a missing
+        ``created_at`` becomes now.
+        """
+        row: dict[str, Any] = {}
+        for column in self.table.c:
+            attr = "id" if column.name == self.id_column else column.name
+            if hasattr(obj, attr):
+                row[column.name] = getattr(obj, attr)
+        row.update(values)
+        if "created_at" in self.table.c and row.get("created_at") is None:
+            row["created_at"] = utcnow()
+        return row
+
+    def row(self, values: Mapping[str, Any], codec: Codec) -> dict[str, Any]:
+        """Plain values as stored: encrypted columns encoded; other keys dropped."""
+        stored = {k: v for k, v in values.items() if k in self.table.c}
+        for name in self.encrypted_text:
+            if stored.get(name) is not None:
+                stored[name] = codec.encode_text(stored[name])
+        for name in self.encrypted_json:
+            if name in stored:
+                stored[name] = codec.encode_json(stored[name])
+        return stored
+
+    def plain(self, row: Row, codec: Codec) -> dict[str, Any]:
+        """A stored row with its encrypted columns decoded."""
+        values = dict(row)
+        for name in self.encrypted_text:
+            if values.get(name) is not None:
+                values[name] = codec.decode_text(values[name])
+        for name in self.encrypted_json:
+            if name in values:
+                values[name] = codec.decode_json(values[name])
+        return values
+
+    def to_record(self, row: Row, codec: Codec, **extra: Any) -> Any:
+        """The record for a stored row (decoded); ``extra`` fills non-column fields."""
+        return self.record_of(self.plain(row, codec), **extra)
+
+    def record_of(self, values: Mapping[str, Any], **extra: Any) -> Any:
+        """The record for plain (decoded) column values."""
+        if self.record is None:
+            raise TypeError(f"{self.name} has no record type")
+        if self.adapt is not None:
+            values = self.adapt(dict(values))
+        names = {f.name for f in fields(self.record)}
+        return self.record(**{k: v for k, v in values.items() if k in names}, **extra)
+
+    def upsert(
+        self, conn: Connection, rows: Sequence[Mapping[str, Any]], codec: Codec
+    ) -> list[dict[str, Any]]:
+        """Write ``rows`` (plain values) by id; returns those written (plain).
+
+        Unknown ids are inserted; known ones are updated when ``refresh`` is set
+        and the new row is at least as far along (``progress``) as the stored one.
+        Idempotent: writing the same rows twice changes nothing the second time.
+        """
+        if not rows:
+            return []
+        ids = [r[self.id_column] for r in rows]
+        known = {
+            r[self.id_column]: dict(r)
+            for r in conn.execute(select(self.table).where(self.id.in_(ids))).mappings()
+        }
+        new: list[dict[str, Any]] = []
+        written: list[dict[str, Any]] = []
+        for values in rows:
+            stored = known.get(values[self.id_column])
+            if stored is None:
+                new.append(dict(values))
+                written.append(dict(values))
+                continue
+            if not self.refresh:
+                continue
+            if self.progress is not None and self.progress(values) < self.progress(stored):
+                continue  # never older over newer
+            conn.execute(
+                update(self.table)
+                .where(self.id == values[self.id_column])
+                .values(**self.row(values, codec))
+            )
+            written.append(dict(values))
+        if new:
+            conn.execute(insert(self.table), [self.row(v, codec) for v in new])
+        return written
+
+    def of_threads(self, thread_ids: Iterable[str]) -> Any:
+        """SELECT of this child kind's rows for ``thread_ids``, in stored order."""
+        return (
+            select(self.table)
+            .where(self.table.c.thread_id.in_(list(thread_ids)))
+            .order_by(self.time, self.id)
+        )
+
+
+def _thread_record(values: dict[str, Any]) -> dict[str, Any]:
+    ttl = values.get("ttl_seconds")
+    values["ttl"] = timedelta(seconds=ttl) if ttl is not None else None
+    values["pinned"] = bool(values.get("pinned"))
+    return values
+
+
+# A run moves forward: queued → in_progress ⇄ requires_action → cancelling → an end.
+_RUN_RANK = {
+    "queued": 0,
+    "in_progress": 1,
+    "requires_action": 1,
+    "cancelling": 2,
+    "completed": 3,
+    "failed": 3,
+    "cancelled": 3,
+    "expired": 3,
+}
+
+
+def _run_progress(row: Mapping[str, Any]) -> int:
+    return _RUN_RANK.get(row["status"], 0)
+
+
+THREADS = Kind(
+    name="threads",
+    table=threads,
+    id_column="thread_id",
+    time_column="last_active",
+    record=ThreadRecord,
+    encrypted_json=("metadata",),
+    adapt=_thread_record,
+    export=(
+        ("thread_id", STR),
+        ("workspace", STR),
+        ("user_id", STR),
+        ("created_at", TS),
+        ("last_active", TS),
+        ("metadata", JSON),
+        ("pinned", BOOL),
+        ("ttl_seconds", INT),
+        ("ttl_expires_at", TS),
+        # Aggregated from the children by the export.
+        ("message_count", INT),
+        ("run_count", INT),
+        ("prompt_tokens", INT),
+        ("completion_tokens", INT),
+        ("total_tokens", INT),
+    ),
+)
+
+MESSAGES = Kind(
+    name="messages",
+    table=messages,
+    id_column="message_id",
+    time_column="created_at",
+    record=MessageRecord,
+    child_of_thread=True,
+    encrypted_text=("content",),
+    encrypted_json=("metadata",),
+    deletion_count="message_count",
+    refresh=False,
+    export=(
+        ("message_id", STR),
+        ("thread_id", STR),
+        ("role", STR),
+        ("content", TEXT),
+        ("content_length", LEN),
+        ("created_at", TS),
+        ("run_id", STR),
+        ("assistant_id", STR),
+        ("metadata", JSON),
+    ),
+)
+
+RUNS = Kind(
+    name="runs",
+    table=runs,
+    id_column="run_id",
+    time_column="created_at",
+    record=RunRecord,
+    child_of_thread=True,
+    deletion_count="run_count",
+    progress=_run_progress,
+    export=(
+        ("run_id", STR),
+        ("thread_id", STR),
+        ("assistant_id", STR),
+        ("model", STR),
+        ("status", STR),
+        ("created_at", TS),
+        ("started_at", TS),
+        ("completed_at", TS),
+        ("failed_at", TS),
+        ("last_error", STR),
+        ("prompt_tokens", INT),
+        ("completion_tokens", INT),
+        ("total_tokens", INT),
+    ),
+)
+
+DELETIONS = Kind(
+    name="deletions",
+    table=deletions,
+    id_column="id",
+    time_column="deleted_at",
+    record=None,
+    export=(
+        ("id", INT),
+        ("thread_id", STR),
+        ("workspace", STR),
+        ("user_id", STR),
+        ("created_at", TS),
+        ("last_active", TS),
+        ("deleted_at", TS),
+        ("reason", STR),
+        ("remote_result", STR),
+        ("message_count", INT),
+        ("run_count", INT),
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, DELETIONS)
+"""Every declared kind, in export order. A new kind is declared above and added here."""
+THREAD_CHILDREN: tuple[Kind, ...] = tuple(k for k in KINDS if k.child_of_thread)
+"""The kinds removed, archived and counted with their thread."""
+_BY_NAME = {k.name: k for k in KINDS}
+
+
+def kind(name: str) -> Kind:
+    """The kind declared as ``name`` (KeyError if none)."""
+    return _BY_NAME[name]

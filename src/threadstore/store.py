@@ -52,6 +52,7 @@ from .errors import (
     RemoteError,
     RemoteNotFound,
     RemoteUnavailable,
+    RunTimeout,
     StoreError,
     ThreadExpired,
     ThreadNotFound,
@@ -59,6 +60,12 @@ from .errors import (
 from .export import Progress
 from .export import export as export_table
 from .models import (
+    KINDS,
+    MESSAGES,
+    RUNS,
+    THREAD_CHILDREN,
+    THREADS,
+    Kind,
     MessageRecord,
     RunRecord,
     ThreadRecord,
@@ -108,7 +115,7 @@ def _check_id(thread_id: str) -> str:
         or len(thread_id) > 64
         or "\x00" in thread_id  # PostgreSQL text cannot hold it; no id has one
     ):
-        raise ThreadNotFound(str(thread_id)[:80], f"not a thread id: {str(thread_id)[:80]!r}")
+        raise ConfigError(f"not a thread id: {str(thread_id)[:80]!r}")
     return thread_id
 
 
@@ -228,52 +235,15 @@ class ThreadStore:
     # ------------------------------------------------------------------ rows → records
 
     def _thread(self, row: RowMapping | Mapping[str, Any]) -> ThreadRecord:
-        ttl = row["ttl_seconds"]
-        return ThreadRecord(
-            thread_id=row["thread_id"],
-            user_id=row["user_id"],
-            workspace=row["workspace"],
-            created_at=row["created_at"],
-            last_active=row["last_active"],
-            metadata=self.codec.decode_json(row["metadata"]),
-            pinned=bool(row["pinned"]),
-            ttl=timedelta(seconds=ttl) if ttl is not None else None,
-            status=row["status"],
-            attempts=row["attempts"],
-            last_error=row["last_error"],
-            next_attempt_at=row["next_attempt_at"],
-        )
+        return THREADS.to_record(row, self.codec)  # type: ignore[no-any-return]
 
     def _message(self, row: RowMapping | Mapping[str, Any]) -> MessageRecord:
-        return MessageRecord(
-            message_id=row["message_id"],
-            thread_id=row["thread_id"],
-            role=row["role"],
-            content=self.codec.decode_text(row["content"]),
-            created_at=row["created_at"],
-            run_id=row["run_id"],
-            assistant_id=row["assistant_id"],
-            metadata=self.codec.decode_json(row["metadata"]),
-        )
+        return MESSAGES.to_record(row, self.codec)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _run(row: RowMapping | Mapping[str, Any], added: Sequence[MessageRecord] = ()) -> RunRecord:
-        return RunRecord(
-            run_id=row["run_id"],
-            thread_id=row["thread_id"],
-            status=row["status"],
-            created_at=row["created_at"],
-            assistant_id=row["assistant_id"],
-            model=row["model"],
-            started_at=row["started_at"],
-            completed_at=row["completed_at"],
-            failed_at=row["failed_at"],
-            last_error=row["last_error"],
-            prompt_tokens=row["prompt_tokens"],
-            completion_tokens=row["completion_tokens"],
-            total_tokens=row["total_tokens"],
-            messages=tuple(added),
-        )
+    def _run(
+        self, row: RowMapping | Mapping[str, Any], added: Sequence[MessageRecord] = ()
+    ) -> RunRecord:
+        return RUNS.to_record(row, self.codec, messages=tuple(added))  # type: ignore[no-any-return]
 
     def _row(self, conn: Connection, thread_id: str) -> RowMapping:
         row = (
@@ -308,38 +278,17 @@ class ThreadStore:
             "next_attempt_at": None,
         }
 
-    def _message_values(self, m: RemoteMessage, thread_id: str) -> dict[str, Any]:
-        return {
-            "message_id": m.id,
-            "thread_id": thread_id,
-            "role": m.role,
-            "content": self.codec.encode_text(m.content),
-            "created_at": m.created_at or utcnow(),
-            "run_id": m.run_id,
-            "assistant_id": m.assistant_id,
-            "metadata": self.codec.encode_json(m.metadata),
-        }
-
     def _insert_new_messages(
         self, conn: Connection, thread_id: str, items: Sequence[RemoteMessage]
     ) -> list[MessageRecord]:
-        if not items:
-            return []
-        ids = [m.id for m in items]
-        known = set(
-            conn.execute(select(messages.c.message_id).where(messages.c.message_id.in_(ids)))
-            .scalars()
-            .all()
-        )
-        rows = [self._message_values(m, thread_id) for m in items if m.id not in known]
+        rows = [MESSAGES.from_remote(m, thread_id=thread_id) for m in items]
         # DashScope stamps messages in milliseconds, so a batch can share one
         # stamp; nudge ties by microseconds to keep the remote order on read.
         for prev, row in itertools.pairwise(rows):
             if row["created_at"] <= prev["created_at"]:
                 row["created_at"] = prev["created_at"] + timedelta(microseconds=1)
-        if rows:
-            conn.execute(insert(messages), rows)
-        return [self._message(r) for r in rows]
+        written = MESSAGES.upsert(conn, rows, self.codec)
+        return [MESSAGES.record_of(r) for r in written]
 
     # ------------------------------------------------------------------ create
 
@@ -358,7 +307,7 @@ class ThreadStore:
         anything exists remotely); if mirroring fails after the remote create, the
         remote thread is deleted again and the error re-raised.
         """
-        stored_meta = self.codec.encode_json(metadata)  # refuses non-JSON up front
+        self.codec.dumps(metadata)  # refuses non-JSON up front
         initial = _check_messages(messages)
         ttl = _check_ttl(ttl)
         if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 255):
@@ -373,12 +322,12 @@ class ThreadStore:
             "user_id": user_id,
             "created_at": now,
             "last_active": now,
-            "metadata": stored_meta,
+            "metadata": dict(metadata or {}),
             "status": ThreadStatus.CREATING.value,
             "ttl_seconds": int(ttl.total_seconds()) if ttl else None,
         }
         with self._write() as conn:
-            conn.execute(_INSERT_INTENT, intent)
+            conn.execute(_INSERT_INTENT, THREADS.row(intent, self.codec))
         try:
             remote = self.remote.create_thread(
                 messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
@@ -426,7 +375,7 @@ class ThreadStore:
             "last_error": None,
             "next_attempt_at": None,
         }
-        return self._thread(row)
+        return THREADS.record_of(row)  # type: ignore[no-any-return]
 
     def _drop_intent(self, intent_id: str) -> None:
         try:
@@ -485,7 +434,7 @@ class ThreadStore:
 
     def update_thread(self, thread_id: str, *, metadata: Mapping[str, Any]) -> ThreadRecord:
         """Replace the thread's metadata on DashScope, then in the mirror."""
-        stored_meta = self.codec.encode_json(metadata)
+        stored = THREADS.row({"metadata": metadata}, self.codec)  # refuses non-JSON up front
         row = self._remote_target(thread_id)
         self.remote.update_thread(thread_id, metadata=dict(metadata), workspace=row["workspace"])
         with self._write() as conn:
@@ -493,7 +442,7 @@ class ThreadStore:
             conn.execute(
                 update(threads)
                 .where(threads.c.thread_id == thread_id)
-                .values(metadata=stored_meta, **self._activity(row, utcnow()))
+                .values(**stored, **self._activity(row, utcnow()))
             )
             return self._thread(self._row(conn, thread_id))
 
@@ -518,14 +467,14 @@ class ThreadStore:
         )
         with self._write() as conn:
             row = self._writable_row(conn, thread_id)
-            values = self._message_values(remote, thread_id)
-            conn.execute(insert(messages).values(**values))
+            values = MESSAGES.from_remote(remote, thread_id=thread_id)
+            MESSAGES.upsert(conn, [values], self.codec)
             conn.execute(
                 update(threads)
                 .where(threads.c.thread_id == thread_id)
                 .values(**self._activity(row, utcnow()))
             )
-        return self._message(values)
+        return MESSAGES.record_of(values)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ runs
 
@@ -543,8 +492,9 @@ class ThreadStore:
         """Run an assistant on the thread and wait for it to finish.
 
         Mirrors the run (status, model, timings, token usage) and the messages it
-        added. Raises :class:`~threadstore.errors.RemoteUnavailable` if the run is
-        still going after ``timeout`` seconds (its last state stays mirrored).
+        added. Raises :class:`~threadstore.errors.RunTimeout` (a
+        :class:`~threadstore.errors.RemoteUnavailable`) if the run is still going
+        after ``timeout`` seconds (its last state stays mirrored).
         """
         record = self.start_run(
             thread_id,
@@ -600,8 +550,10 @@ class ThreadStore:
                 break
             if time.monotonic() >= deadline:
                 self._mirror_run(remote, [])
-                raise RemoteUnavailable(
+                raise RunTimeout(
                     f"run {run_id} on {thread_id} still {remote.status} after {timeout:g} s",
+                    run_id=run_id,
+                    status=remote.status,
                     operation="runs.wait",
                     thread_id=thread_id,
                 )
@@ -618,32 +570,18 @@ class ThreadStore:
         return self._mirror_run(remote, added)
 
     def _mirror_run(self, remote: RemoteRun, added: Sequence[RemoteMessage]) -> RunRecord:
-        values = {
-            "thread_id": remote.thread_id,
-            "assistant_id": remote.assistant_id,
-            "model": remote.model,
-            "status": remote.status,
-            "created_at": remote.created_at or utcnow(),
-            "started_at": remote.started_at,
-            "completed_at": remote.completed_at,
-            "failed_at": remote.failed_at,
-            "last_error": remote.last_error,
-            "prompt_tokens": remote.prompt_tokens,
-            "completion_tokens": remote.completion_tokens,
-            "total_tokens": remote.total_tokens,
-        }
+        values = RUNS.from_remote(remote)
         with self._write() as conn:
             row = self._writable_row(conn, remote.thread_id)
-            done = conn.execute(update(runs).where(runs.c.run_id == remote.id).values(**values))
-            if done.rowcount == 0:
-                conn.execute(insert(runs).values(run_id=remote.id, **values))
+            RUNS.upsert(conn, [values], self.codec)
             new = self._insert_new_messages(conn, remote.thread_id, added)
             conn.execute(
                 update(threads)
                 .where(threads.c.thread_id == remote.thread_id)
                 .values(**self._activity(row, utcnow()))
             )
-        return self._run({"run_id": remote.id, **values}, new)
+            stored = conn.execute(select(runs).where(runs.c.run_id == remote.id)).mappings().one()
+            return self._run(stored, new)
 
     def _fetch_messages(
         self, thread_id: str, *, workspace: str | None, after: str | None
@@ -782,25 +720,36 @@ class ThreadStore:
 
     def messages(self, thread_id: str, *, limit: int | None = None) -> list[MessageRecord]:
         """The thread's mirrored messages, oldest first."""
+        return self._records(MESSAGES, thread_id, limit)
+
+    def runs(self, thread_id: str) -> list[RunRecord]:
+        """The thread's mirrored runs, oldest first."""
+        return self._records(RUNS, thread_id, None)
+
+    def children(self, thread_id: str) -> dict[str, list[Any]]:
+        """Everything mirrored under the thread, per kind (``messages``, ``runs``, …).
+
+        Each list holds the kind's records, oldest first; one read transaction.
+        """
         _check_id(thread_id)
-        query = (
-            select(messages)
-            .where(messages.c.thread_id == thread_id)
-            .order_by(messages.c.created_at, messages.c.message_id)
-        )
+        with self._read() as conn:
+            self._row(conn, thread_id)
+            return {
+                kind.name: [
+                    kind.to_record(r, self.codec)
+                    for r in conn.execute(kind.of_threads([thread_id])).mappings()
+                ]
+                for kind in THREAD_CHILDREN
+            }
+
+    def _records(self, kind: Kind, thread_id: str, limit: int | None) -> list[Any]:
+        _check_id(thread_id)
+        query = kind.of_threads([thread_id])
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:
             self._row(conn, thread_id)
-            return [self._message(r) for r in conn.execute(query).mappings()]
-
-    def runs(self, thread_id: str) -> list[RunRecord]:
-        """The thread's mirrored runs, oldest first."""
-        _check_id(thread_id)
-        query = select(runs).where(runs.c.thread_id == thread_id).order_by(runs.c.created_at)
-        with self._read() as conn:
-            self._row(conn, thread_id)
-            return [self._run(r) for r in conn.execute(query).mappings()]
+            return [kind.to_record(r, self.codec) for r in conn.execute(query).mappings()]
 
     # ------------------------------------------------------------------ adopt
 
@@ -829,21 +778,18 @@ class ThreadStore:
                 .first()
             )
             if existing is None:
-                conn.execute(
-                    insert(threads).values(
-                        thread_id=thread_id,
-                        workspace=workspace,
-                        user_id=user_id,
-                        created_at=remote.created_at or now,
-                        last_active=now,
-                        metadata=self.codec.encode_json(remote.metadata),
-                        status=ThreadStatus.ACTIVE.value,
-                        ttl_seconds=int(ttl.total_seconds()) if ttl else None,
-                        ttl_expires_at=now + ttl if ttl else None,
-                    )
+                values = THREADS.from_remote(
+                    remote,
+                    workspace=workspace,
+                    user_id=user_id,
+                    last_active=now,
+                    status=ThreadStatus.ACTIVE.value,
+                    ttl_seconds=int(ttl.total_seconds()) if ttl else None,
+                    ttl_expires_at=now + ttl if ttl else None,
                 )
+                conn.execute(insert(threads).values(**THREADS.row(values, self.codec)))
             else:
-                changes: dict[str, Any] = {"metadata": self.codec.encode_json(remote.metadata)}
+                changes = THREADS.row({"metadata": remote.metadata}, self.codec)
                 if user_id is not None:
                     changes["user_id"] = user_id
                 conn.execute(
@@ -941,10 +887,9 @@ class ThreadStore:
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
         total = 0
-        for table, key, columns in (
-            (threads, threads.c.thread_id, (threads.c.metadata,)),
-            (messages, messages.c.message_id, (messages.c.content, messages.c.metadata)),
-        ):
+        for kind in (k for k in KINDS if k.encrypted):
+            table, key = kind.table, kind.id
+            columns = tuple(table.c[name] for name in kind.encrypted)
             after: str | None = None
             while True:
                 with self._write() as conn:
@@ -960,17 +905,15 @@ class ThreadStore:
     def _check_key(self) -> None:
         """Fail at open, not at the first read, if the key cannot read this store.
 
-        Decodes the newest thread metadata and message content (two indexed
-        lookups): a missing or wrong key raises ConfigError here.
+        Decodes the newest row of every kind with encrypted columns (one indexed
+        lookup each): a missing or wrong key raises ConfigError here.
         """
         with self._read() as conn:
-            for query in (
-                select(threads.c.metadata).order_by(threads.c.last_active.desc()).limit(1),
-                select(messages.c.content).order_by(messages.c.created_at.desc()).limit(1),
-            ):
-                stored = conn.execute(query).scalar()
-                if stored is not None:
-                    self.codec.decode_text(stored)
+            for kind in (k for k in KINDS if k.encrypted):
+                query = select(*(kind.table.c[n] for n in kind.encrypted))
+                row = conn.execute(query.order_by(kind.time.desc()).limit(1)).mappings().first()
+                if row is not None:
+                    kind.plain(row, self.codec)
 
     # ------------------------------------------------------------------ sweep, export, stats
 

@@ -32,7 +32,6 @@ removed before DashScope confirmed that its thread is gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -62,8 +61,9 @@ from sqlalchemy import (
 
 from . import _rules as rules
 from . import db
-from .codec import Codec
+from .codec import Codec, to_json
 from .errors import (
+    ArchiveError,
     ConfigError,
     RemoteAuthError,
     RemoteError,
@@ -71,7 +71,7 @@ from .errors import (
     RemoteRateLimited,
     ThreadStoreError,
 )
-from .models import deletions, messages, runs, threads, utcnow
+from .models import THREAD_CHILDREN, THREADS, deletions, threads, utcnow
 from .remote import Remote
 from .stats import count_by_thread
 
@@ -187,14 +187,17 @@ def _remove_many(
         return []
     ids = [r["thread_id"] for r in rows]
     if archive is not None:
-        n_messages, n_runs = archive.write(conn, rows, results)
+        counts = archive.write(conn, rows, results)
     else:
-        n_messages = count_by_thread(conn, messages, ids)
-        n_runs = count_by_thread(conn, runs, ids)
+        counts = {
+            kind.name: count_by_thread(conn, kind.table, ids)
+            for kind in THREAD_CHILDREN
+            if kind.deletion_count
+        }
     # Children explicitly: ON DELETE CASCADE needs foreign keys on, which a
     # database shared with other tools may not have.
-    conn.execute(delete(messages).where(messages.c.thread_id.in_(ids)))
-    conn.execute(delete(runs).where(runs.c.thread_id.in_(ids)))
+    for kind in THREAD_CHILDREN:
+        conn.execute(delete(kind.table).where(kind.table.c.thread_id.in_(ids)))
     conn.execute(delete(threads).where(threads.c.thread_id.in_(ids)))
     now = utcnow()
     conn.execute(
@@ -209,8 +212,11 @@ def _remove_many(
                 "deleted_at": now,
                 "reason": reason,
                 "remote_result": results[r["thread_id"]],
-                "message_count": n_messages.get(r["thread_id"], 0),
-                "run_count": n_runs.get(r["thread_id"], 0),
+                **{
+                    kind.deletion_count: counts[kind.name].get(r["thread_id"], 0)
+                    for kind in THREAD_CHILDREN
+                    if kind.deletion_count
+                },
                 "deleted_by": owner,
             }
             for r in rows
@@ -331,16 +337,13 @@ class SweepReport:
 # --------------------------------------------------------------------------- archive
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 class _Archive:
     """Appends one JSON line per removed thread: the thread, its messages and runs."""
 
     def __init__(self, target: str | Path | IO[str], codec: Codec) -> None:
         self.codec = codec
         self.count = 0
+        self.failed = False
         self._owned: IO[str] | None = None
         if isinstance(target, str | Path):
             path = Path(target).expanduser()
@@ -360,71 +363,51 @@ class _Archive:
 
     def write(
         self, conn: Connection, rows: Sequence[Mapping[str, Any]], results: Mapping[str, str]
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        """Write ``rows`` (read inside the deleting transaction); returns their counts."""
+    ) -> dict[str, dict[str, int]]:
+        """Write ``rows`` (read inside the deleting transaction) with their children.
+
+        Returns, per child kind, how many rows each thread had.
+        """
         ids = [r["thread_id"] for r in rows]
-        by_thread: dict[str, list[dict[str, Any]]] = {tid: [] for tid in ids}
-        runs_of: dict[str, list[dict[str, Any]]] = {tid: [] for tid in ids}
-        for m in conn.execute(
-            select(messages)
-            .where(messages.c.thread_id.in_(ids))
-            .order_by(messages.c.created_at, messages.c.message_id)
-        ).mappings():
-            by_thread[m["thread_id"]].append(
-                {
-                    "message_id": m["message_id"],
-                    "role": m["role"],
-                    "content": self.codec.decode_text(m["content"]),
-                    "created_at": _iso(m["created_at"]),
-                    "run_id": m["run_id"],
-                    "assistant_id": m["assistant_id"],
-                    "metadata": self.codec.decode_json(m["metadata"]),
-                }
-            )
-        for r in conn.execute(
-            select(runs).where(runs.c.thread_id.in_(ids)).order_by(runs.c.created_at)
-        ).mappings():
-            runs_of[r["thread_id"]].append(
-                {k: _iso(v) for k, v in r.items() if k != "thread_id"}
-            )
+        children: dict[str, dict[str, list[Any]]] = {}
+        for kind in THREAD_CHILDREN:
+            of_thread: dict[str, list[Any]] = {tid: [] for tid in ids}
+            for child in conn.execute(kind.of_threads(ids)).mappings():
+                of_thread[child["thread_id"]].append(kind.to_record(child, self.codec))
+            children[kind.name] = of_thread
+        deleted_at = utcnow()
         lines = []
-        deleted_at = utcnow().isoformat()
         for row in rows:
             tid = row["thread_id"]
-            thread = {
-                "thread_id": tid,
-                "user_id": row["user_id"],
-                "workspace": row["workspace"],
-                "created_at": _iso(row["created_at"]),
-                "last_active": _iso(row["last_active"]),
-                "metadata": self.codec.decode_json(row["metadata"]),
-                "pinned": bool(row["pinned"]),
-                "ttl_seconds": row["ttl_seconds"],
-            }
             record = {
-                "thread": thread,
-                "messages": by_thread[tid],
-                "runs": runs_of[tid],
+                "thread": THREADS.to_record(row, self.codec),
+                **{name: of_thread[tid] for name, of_thread in children.items()},
                 "deleted_at": deleted_at,
                 "remote_result": results[tid],
             }
-            lines.append(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            lines.append(to_json(record) + "\n")
         try:
             self.file.write("".join(lines))
             self.file.flush()
         except OSError as exc:
             # The transaction rolls back and the rows stay; their remote threads are
             # gone, so the next sweep sees a 404 and archives them then.
-            raise ConfigError(f"cannot write the archive: {exc.strerror or exc}") from exc
+            self.failed = True
+            raise ArchiveError(f"cannot write the archive: {exc.strerror or exc}") from exc
         self.count += len(rows)
-        return (
-            {tid: len(items) for tid, items in by_thread.items()},
-            {tid: len(items) for tid, items in runs_of.items()},
-        )
+        return {
+            name: {tid: len(items) for tid, items in of_thread.items()}
+            for name, of_thread in children.items()
+        }
 
     def close(self) -> None:
-        if self._owned is not None:
+        if self._owned is None:
+            return
+        try:
             self._owned.close()
+        except OSError as exc:
+            if not self.failed:  # else the write already raised; this is its echo
+                raise ArchiveError(f"cannot write the archive: {exc.strerror or exc}") from exc
 
 
 # --------------------------------------------------------------------------- the sweep
