@@ -36,6 +36,10 @@ def facade(
 
 
 def _mirror(url: str) -> ThreadStore:
+    """The mirror as another reader sees it, once the facade's writes are flushed."""
+    from threadstore.dashscope import flush
+
+    assert flush(timeout=10)
     return ThreadStore(url, remote=FakeRemote())
 
 
@@ -337,6 +341,7 @@ def test_mirror_failures_are_logged_and_counted_never_raised(
     before = facade_module.mirror_failures().get("messages.create", 0)
     with caplog.at_level(logging.WARNING, logger="threadstore.dashscope"):
         msg = Messages.create(thread.id, content="still sent")
+        assert facade_module.flush(timeout=10)
     assert (msg.status_code, msg.content[0].text.value) == (200, "still sent")
     assert facade_module.mirror_failures()["messages.create"] == before + 1
     assert "mirror write failed" in caplog.text

@@ -116,6 +116,7 @@ def test_chatbot_answers_and_requests_are_identical_through_the_facade(
         assert ours == theirs
 
     thread_id = expected[0][2]
+    assert module.flush(timeout=10)
     with ThreadStore(url, remote=FakeRemote()) as store:
         thread = store.get_thread(thread_id)
         assert thread.metadata == {"channel": "web"}

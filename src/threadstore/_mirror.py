@@ -1,37 +1,51 @@
-"""Recording what passed through the facade: SDK objects become rows.
+"""Recording what passed through the facade: SDK objects become rows, cheaply.
 
-:mod:`threadstore.dashscope` calls the SDK itself and hands every object that
-came back to :class:`Mirror`, which writes it in **one transaction per call**
-with statements built once:
+:mod:`threadstore.dashscope` calls the SDK itself and hands every object that came
+back to :class:`Mirror`:
 
 * threads, messages, runs, run steps and assistants are upserted by id. An upsert
   never lets an older state overwrite a newer one: a run or step moves forward
   only (``queued`` → ``in_progress``/``requires_action`` → an end; a late event or
   a stale retrieve cannot set a ``completed`` run back), a message keeps its text
-  once it has one;
+  once it has one, ``last_active`` never moves backwards;
 * an object of a thread the mirror does not know yet brings a row for that
   thread (in the workspace of the call), so nothing that passed through is lost;
 * calls that change something on DashScope (create, update, a run, a tool output)
   move the thread's ``last_active``; reads do not.
 
+**Cost.** The facade promises to cost next to nothing on top of the SDK, so the
+mirror's writes are made by a background writer thread (:meth:`Mirror.submit`),
+in one transaction per burst of calls, over one held connection, with statements
+compiled once per database and run on the driver directly (the driver releases the
+GIL while the database works). :meth:`Mirror.flush` waits for them.
+
 Thread creation is the exception to "record afterwards": :meth:`Mirror.intent`
-writes a ``creating`` row *before* the remote create, :meth:`Mirror.settle`
-turns it into the thread (or drops it) afterwards — the store's create protocol.
+writes a ``creating`` row *before* the remote create, :meth:`Mirror.settle` turns
+it into the thread (or :meth:`drop_intent` drops it) right after — synchronously,
+the store's create protocol: at every moment the thread is either recorded or was
+never created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import sys
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 from . import db
 from ._rules import ThreadStatus
 from .codec import Codec
+from .errors import StoreError
 from .models import messages, runs, threads, utcnow
 from .remote import parse_message, parse_run, parse_thread
 
@@ -53,61 +67,250 @@ RUN_RANK = {
 
 _ACTIVE = str(ThreadStatus.ACTIVE)
 _CREATING = str(ThreadStatus.CREATING)
+_BATCH = 200
+"""Most observations written in one transaction."""
 
-# Built once: the facade runs them on every call.
-_THREAD_TTL = select(threads.c.ttl_seconds).where(threads.c.thread_id == bindparam("tid"))
-_TOUCH = (
-    update(threads)
-    .where(threads.c.thread_id == bindparam("tid"), threads.c.last_active < bindparam("at"))
-    .values(
-        last_active=bindparam("at"),
-        ttl_expires_at=bindparam("ttl_at"),
-        attempts=0,
-        last_error=None,
-        next_attempt_at=None,
-    )
+
+Statement = ClauseElement | Callable[[str], ClauseElement]
+"""A statement, or a function building it for a database (by dialect name)."""
+
+
+def _p(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+# ---------------------------------------------------------------------- statements
+# Built once, compiled once per database (see _Compiled).
+
+_T = threads.c
+_THREAD_EXISTS = select(_T.ttl_seconds).where(_T.thread_id == _p("tid", _T.thread_id))
+_INSERT_THREAD = insert(threads).values(
+    thread_id=_p("thread_id", _T.thread_id),
+    workspace=_p("workspace", _T.workspace),
+    user_id=_p("user_id", _T.user_id),
+    created_at=_p("created_at", _T.created_at),
+    last_active=_p("last_active", _T.last_active),
+    metadata=_p("metadata", _T.metadata),
+    status=_p("status", _T.status),
 )
-_INSERT_THREAD = insert(threads)
+
+
+def _stub_thread(dialect: str) -> ClauseElement:
+    return db.insert_ignore(threads, dialect).values(
+        thread_id=_p("thread_id", _T.thread_id),
+        workspace=_p("workspace", _T.workspace),
+        created_at=_p("created_at", _T.created_at),
+        last_active=_p("last_active", _T.last_active),
+        metadata=_p("metadata", _T.metadata),
+        status=_ACTIVE,
+    )
+_TOUCH_VALUES = {
+    "last_active": _p("at", _T.last_active),
+    "attempts": 0,
+    "last_error": None,
+    "next_attempt_at": None,
+}
+# The common case in one statement: a thread without its own TTL.
+_TOUCH_PLAIN = (
+    update(threads)
+    .where(
+        _T.thread_id == _p("tid", _T.thread_id),
+        _T.last_active < _p("at", _T.last_active),
+        _T.ttl_seconds.is_(None),
+    )
+    .values(**_TOUCH_VALUES)
+)
+_TOUCH_TTL = (
+    update(threads)
+    .where(_T.thread_id == _p("tid", _T.thread_id), _T.last_active < _p("at", _T.last_active))
+    .values(ttl_expires_at=_p("ttl_at", _T.ttl_expires_at), **_TOUCH_VALUES)
+)
 _SET_THREAD_META = (
     update(threads)
-    .where(threads.c.thread_id == bindparam("tid"))
-    .values(metadata=bindparam("meta"))
+    .where(_T.thread_id == _p("tid", _T.thread_id))
+    .values(metadata=_p("meta", _T.metadata))
 )
 _ACTIVATE = (
     update(threads)
-    .where(threads.c.thread_id == bindparam("intent_id"))
+    .where(_T.thread_id == _p("intent_id", _T.thread_id))
     .values(
-        thread_id=bindparam("new_id"),
+        thread_id=_p("new_id", _T.thread_id),
         status=_ACTIVE,
-        created_at=bindparam("p_created_at"),
-        last_active=bindparam("p_last_active"),
-        ttl_expires_at=None,
+        created_at=_p("created_at", _T.created_at),
+        last_active=_p("last_active", _T.last_active),
     )
 )
-_MESSAGE_KNOWN = select(messages.c.message_id, messages.c.content).where(
-    messages.c.message_id.in_(bindparam("ids", expanding=True))
+_DROP_INTENT = delete(threads).where(_T.thread_id == _p("intent_id", _T.thread_id))
+_KEEP_INTENT = (
+    update(threads)
+    .where(_T.thread_id == _p("intent_id", _T.thread_id))
+    .values(last_error=_p("reason", _T.last_error))
 )
-_INSERT_MESSAGE = insert(messages)
-_UPDATE_MESSAGE = update(messages).where(messages.c.message_id == bindparam("mid"))
-_RUN_KNOWN = select(runs.c.run_id, runs.c.status).where(
-    runs.c.run_id.in_(bindparam("ids", expanding=True))
+
+_M = messages.c
+
+
+def _insert_message(dialect: str) -> ClauseElement:
+    return db.insert_ignore(messages, dialect).values({c.name: _p(c.name, c) for c in _M})
+
+
+_UPDATE_MESSAGE = (
+    update(messages)
+    .where(_M.message_id == _p("message_id", _M.message_id))
+    .values(
+        metadata=_p("metadata", _M.metadata),
+        # A message's text only grows: a stream's early events carry none.
+        content=func.coalesce(_p("content", _M.content), _M.content),
+    )
 )
-_INSERT_RUN = insert(runs)
-_UPDATE_RUN = update(runs).where(runs.c.run_id == bindparam("rid"))
+
+_R = runs.c
+_RUN_FIELDS = (
+    "assistant_id", "model", "started_at", "completed_at", "failed_at", "last_error",
+    "prompt_tokens", "completion_tokens", "total_tokens",
+)
+
+
+def _insert_run(dialect: str) -> ClauseElement:
+    return db.insert_ignore(runs, dialect).values({c.name: _p(c.name, c) for c in _R})
+
+
+_UPDATE_RUN = (
+    update(runs)
+    .where(
+        _R.run_id == _p("run_id", _R.run_id),
+        case(RUN_RANK, value=_R.status, else_=0) <= bindparam("rank"),
+    )
+    .values(
+        status=_p("status", _R.status),
+        # Fields an answer leaves empty keep what an earlier answer said.
+        **{f: func.coalesce(_p(f, _R[f]), _R[f]) for f in _RUN_FIELDS},
+    )
+)
+
+
+class _Compiled:
+    """A statement compiled for one database, run on the driver with our types' binds."""
+
+    __slots__ = ("defaults", "order", "procs", "sql")
+
+    def __init__(self, stmt: ClauseElement, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = stmt.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)  # noqa: S101 - DML compiles to SQL
+        self.sql = compiled.string
+        self.order = list(compiled.positiontup or ()) if compiled.positional else None
+        self.procs: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            proc = bind.type.bind_processor(dialect)
+            if proc is not None:
+                self.procs[name] = proc
+        # Literals inside the statement (CASE values …) are binds with a value.
+        self.defaults = {
+            name: bind.effective_value for name, bind in compiled.binds.items()
+            if not bind.required
+        }
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        merged = {**self.defaults, **values} if self.defaults else dict(values)
+        procs = self.procs
+        for name, value in merged.items():
+            if value is not None and name in procs:
+                merged[name] = procs[name](value)
+        if self.order is not None:
+            return [merged.get(name) for name in self.order]
+        return merged
+
+
+class _Tx:
+    """One open transaction on a driver connection."""
+
+    def __init__(self, cursor: Any, compile_: Callable[[Statement], _Compiled]) -> None:
+        self._cursor = cursor
+        self._compile = compile_
+
+    def run(self, stmt: Statement, **values: Any) -> int:
+        """Execute; the number of rows it changed."""
+        compiled = self._compile(stmt)
+        self._cursor.execute(compiled.sql, compiled.params(values))
+        return int(self._cursor.rowcount)
+
+    def first(self, stmt: Statement, **values: Any) -> Any:
+        compiled = self._compile(stmt)
+        self._cursor.execute(compiled.sql, compiled.params(values))
+        return self._cursor.fetchone()
+
+
+def _log_error(op: str, exc: BaseException) -> None:
+    log.warning("%s: DashScope answered but the mirror write failed: %s", op, exc)
 
 
 class Mirror:
     """Writes SDK objects into the store's tables; see the module docstring."""
 
-    def __init__(self, engine: Engine, codec: Codec) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        codec: Codec,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.codec = codec
+        self._on_error = on_error or _log_error
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._dbapi_error: type[BaseException] = engine.dialect.loaded_dbapi.Error
+        self._compiled: dict[int, _Compiled] = {}
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._held: Any = None  # the writer thread's connection
+
+    # ------------------------------------------------------------------ transactions
+
+    def _compile(self, stmt: Statement) -> _Compiled:
+        found = self._compiled.get(id(stmt))
+        if found is None:
+            built = stmt if isinstance(stmt, ClauseElement) else stmt(self.engine.dialect.name)
+            found = self._compiled[id(stmt)] = _Compiled(built, self.engine)
+        return found
+
+    @contextlib.contextmanager
+    def _transaction(self, *, hold: bool = False) -> Iterator[_Tx]:
+        """One write transaction on a driver connection; database errors as StoreError.
+
+        ``hold`` keeps the connection for the next call (the writer thread's).
+        """
+        raw = self._held if hold and self._held is not None else self.engine.raw_connection()
+        cursor = raw.cursor()
+        try:
+            if self._sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield _Tx(cursor, self._compile)
+            raw.commit()
+        except BaseException as exc:
+            try:
+                raw.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection is replaced below
+                raw.invalidate()
+                hold = False
+            if hold:
+                self._held = raw
+            else:
+                self._held = None if raw is self._held else self._held
+                raw.close()
+            if isinstance(exc, self._dbapi_error):
+                raise StoreError(f"mirror write failed: {exc}") from exc
+            raise
+        finally:
+            cursor.close()
+        if hold:
+            self._held = raw
+        else:
+            raw.close()
 
     # ------------------------------------------------------------------ create protocol
 
-    def intent(
-        self, *, user_id: str | None, workspace: str | None, metadata: Any
-    ) -> str:
+    def intent(self, *, user_id: Any, workspace: str | None, metadata: Any) -> str:
         """Write the ``creating`` row of a thread about to be created; its id.
 
         Raises :class:`~threadstore.errors.StoreError` if the database is down,
@@ -120,65 +323,56 @@ class Mirror:
             stored_meta = self.codec.encode_json(None)
         intent_id = f"creating_{uuid.uuid4().hex}"
         now = utcnow()
-        with db.write(self.engine) as conn:
-            conn.execute(
+        with self._transaction() as tx:
+            tx.run(
                 _INSERT_THREAD,
-                {
-                    "thread_id": intent_id,
-                    "workspace": workspace,
-                    "user_id": user_id if isinstance(user_id, str) else None,
-                    "created_at": now,
-                    "last_active": now,
-                    "metadata": stored_meta,
-                    "status": _CREATING,
-                },
+                thread_id=intent_id,
+                workspace=workspace,
+                user_id=user_id if isinstance(user_id, str) else None,
+                created_at=now,
+                last_active=now,
+                metadata=stored_meta,
+                status=_CREATING,
             )
         return intent_id
 
-    def settle(self, intent_id: str, thread: Any) -> None:
+    def settle(self, tx: _Tx, *, intent_id: str, thread: Any) -> None:
         """The remote create answered with ``thread``: the intent row becomes it.
 
-        A thread id that is already mirrored (another caller saw the thread first)
+        Submitted like an observation (so it costs the caller nothing); until it is
+        written the intent row stands for the thread, as in the store's create. A
+        thread id that is already mirrored (another call saw the thread first)
         keeps that row and drops the intent.
         """
         remote = parse_thread(thread)
         now = utcnow()
-        with db.write(self.engine) as conn:
-            if conn.execute(_THREAD_TTL, {"tid": remote.id}).first() is not None:
-                conn.execute(delete(threads).where(threads.c.thread_id == intent_id))
-                return
-            conn.execute(
-                _ACTIVATE,
-                {
-                    "intent_id": intent_id,
-                    "new_id": remote.id,
-                    "p_created_at": remote.created_at or now,
-                    "p_last_active": now,
-                },
-            )
-
-    def settle_id(self, intent_id: str, thread_id: str) -> None:
-        """Like :meth:`settle` when only the new thread's id is known (create-and-run)."""
-        self.settle(intent_id, {"id": thread_id})
+        if tx.first(_THREAD_EXISTS, tid=remote.id) is not None:
+            tx.run(_DROP_INTENT, intent_id=intent_id)
+            return
+        tx.run(
+            _ACTIVATE,
+            intent_id=intent_id,
+            new_id=remote.id,
+            created_at=remote.created_at or now,
+            last_active=now,
+        )
 
     def drop_intent(self, intent_id: str) -> None:
         """The remote create certainly did not happen: forget the intent row."""
-        with db.write(self.engine) as conn:
-            conn.execute(delete(threads).where(threads.c.thread_id == intent_id))
+        with self._transaction() as tx:
+            tx.run(_DROP_INTENT, intent_id=intent_id)
 
     def keep_intent(self, intent_id: str, reason: str) -> None:
         """The remote create may have happened: keep the row (``stats`` counts it)."""
-        with db.write(self.engine) as conn:
-            conn.execute(
-                update(threads)
-                .where(threads.c.thread_id == intent_id)
-                .values(last_error=f"create outcome unknown: {reason}"[:2000])
-            )
+        with self._transaction() as tx:
+            tx.run(_KEEP_INTENT, intent_id=intent_id,
+                   reason=f"create outcome unknown: {reason}"[:2000])
 
     # ------------------------------------------------------------------ observations
 
     def record(
         self,
+        tx: _Tx,
         *,
         workspace: str | None,
         threads_seen: Sequence[Any] = (),
@@ -186,12 +380,14 @@ class Mirror:
         runs_seen: Sequence[Any] = (),
         thread_id: str | None = None,
         active: bool = False,
+        fresh: bool = False,
     ) -> None:
-        """Upsert what one call returned, in one transaction.
+        """Upsert what one call returned, within the transaction ``tx``.
 
         ``thread_id`` names the thread the call was about (for objects that do not
         carry it); ``active`` says the call changed something, so the thread's
-        ``last_active`` moves.
+        ``last_active`` moves; ``fresh`` says the objects are new (a create), so
+        they are inserted first and updated only if they were known after all.
         """
         now = utcnow()
         parsed_threads = [parse_thread(t) for t in threads_seen]
@@ -203,122 +399,153 @@ class Mirror:
             + [r.thread_id for r in parsed_runs]
             + ([thread_id] if thread_id else [])
         )
-        with db.write(self.engine) as conn:
-            for tid in involved:
-                self._thread_row(conn, tid, workspace, now, active=active)
-            for t in parsed_threads:
-                conn.execute(
-                    _SET_THREAD_META, {"tid": t.id, "meta": self.codec.encode_json(t.metadata)}
-                )
-            if parsed_messages:
-                self._messages(conn, parsed_messages, now)
-            if parsed_runs:
-                self._runs(conn, parsed_runs, now)
+        for tid in involved:
+            self._thread_row(tx, tid, workspace, now, active=active)
+        for t in parsed_threads:
+            tx.run(_SET_THREAD_META, tid=t.id, meta=self.codec.encode_json(t.metadata))
+        if parsed_messages:
+            self._messages(tx, parsed_messages, now)
+        if parsed_runs:
+            self._runs(tx, parsed_runs, now, fresh=fresh)
 
     def _thread_row(
-        self, conn: Connection, tid: str, workspace: str | None, now: datetime, *, active: bool
+        self, tx: _Tx, tid: str, workspace: str | None, now: datetime, *, active: bool
     ) -> None:
-        found = conn.execute(_THREAD_TTL, {"tid": tid}).first()
+        if active and tx.run(_TOUCH_PLAIN, tid=tid, at=now):
+            return
+        found = tx.first(_THREAD_EXISTS, tid=tid)
         if found is None:
-            conn.execute(
-                _INSERT_THREAD,
-                {
-                    "thread_id": tid,
-                    "workspace": workspace,
-                    "created_at": now,
-                    "last_active": now,
-                    "metadata": self.codec.encode_json(None),
-                    "status": _ACTIVE,
-                },
+            tx.run(
+                _stub_thread, thread_id=tid, workspace=workspace, created_at=now,
+                last_active=now, metadata=self.codec.encode_json(None),
             )
-        elif active:
-            ttl = found[0]
-            conn.execute(
-                _TOUCH,
-                {
-                    "tid": tid,
-                    "at": now,
-                    "ttl_at": now + timedelta(seconds=ttl) if ttl is not None else None,
-                },
-            )
+        elif active and found[0] is not None:
+            tx.run(_TOUCH_TTL, tid=tid, at=now, ttl_at=now + timedelta(seconds=found[0]))
 
-    def _messages(self, conn: Connection, items: Sequence[Any], now: datetime) -> None:
+    def _messages(self, tx: _Tx, items: Sequence[Any], now: datetime) -> None:
         # Oldest first, ties nudged by a microsecond so the stored order is the remote one.
         ordered = sorted(items, key=lambda m: m.created_at or now)
-        stamps: list[datetime] = []
+        previous: datetime | None = None
         for m in ordered:
             at = m.created_at or now
-            if stamps and at <= stamps[-1]:
-                at = stamps[-1] + timedelta(microseconds=1)
-            stamps.append(at)
-        known = {
-            row[0]: row[1]
-            for row in conn.execute(_MESSAGE_KNOWN, {"ids": [m.id for m in ordered]})
-        }
-        new: list[dict[str, Any]] = []
-        for m, at in zip(ordered, stamps, strict=True):
-            if m.id not in known:
-                new.append(
-                    {
-                        "message_id": m.id,
-                        "thread_id": m.thread_id,
-                        "role": m.role,
-                        "content": self.codec.encode_text(m.content),
-                        "created_at": at,
-                        "run_id": m.run_id,
-                        "assistant_id": m.assistant_id,
-                        "metadata": self.codec.encode_json(m.metadata),
-                    }
-                )
-                continue
-            values: dict[str, Any] = {"metadata": self.codec.encode_json(m.metadata)}
-            if m.content:  # a message's text only grows (a stream's early events have none)
-                values["content"] = self.codec.encode_text(m.content)
-            conn.execute(_UPDATE_MESSAGE.values(**values), {"mid": m.id})
-        if new:
-            conn.execute(_INSERT_MESSAGE, new)
+            if previous is not None and at <= previous:
+                at = previous + timedelta(microseconds=1)
+            previous = at
+            meta = self.codec.encode_json(m.metadata)
+            content = self.codec.encode_text(m.content) if m.content else None
+            inserted = tx.run(
+                _insert_message, message_id=m.id, thread_id=m.thread_id, role=m.role,
+                content=content or self.codec.encode_text(""), created_at=at,
+                run_id=m.run_id, assistant_id=m.assistant_id, metadata=meta,
+            )
+            if not inserted:
+                tx.run(_UPDATE_MESSAGE, message_id=m.id, metadata=meta, content=content)
 
-    def _runs(self, conn: Connection, items: Sequence[Any], now: datetime) -> None:
+    def _runs(self, tx: _Tx, items: Sequence[Any], now: datetime, *, fresh: bool) -> None:
         latest: dict[str, Any] = {}
         for r in items:  # within one answer, the furthest state of each run wins
             seen = latest.get(r.id)
             if seen is None or RUN_RANK.get(r.status, 0) >= RUN_RANK.get(seen.status, 0):
                 latest[r.id] = r
-        known = {
-            row[0]: row[1] for row in conn.execute(_RUN_KNOWN, {"ids": list(latest)})
-        }
         for r in latest.values():
-            values = {
-                "assistant_id": r.assistant_id,
-                "model": r.model,
-                "status": r.status,
-                "started_at": r.started_at,
-                "completed_at": r.completed_at,
-                "failed_at": r.failed_at,
-                "last_error": r.last_error,
-                "prompt_tokens": r.prompt_tokens,
-                "completion_tokens": r.completion_tokens,
-                "total_tokens": r.total_tokens,
-            }
-            stored = known.get(r.id)
-            if stored is None:
-                conn.execute(
-                    _INSERT_RUN,
-                    {**values, "run_id": r.id, "thread_id": r.thread_id,
-                     "created_at": r.created_at or now},
-                )
-            elif RUN_RANK.get(r.status, 0) >= RUN_RANK.get(stored, 0):
-                # Fields an answer leaves empty keep what an earlier answer said.
-                changes = {k: v for k, v in values.items() if v is not None}
-                conn.execute(_UPDATE_RUN.values(**changes), {"rid": r.id})
+            values = {f: getattr(r, f) for f in _RUN_FIELDS}
+            rank = RUN_RANK.get(r.status, 0)
+            if not fresh and tx.run(_UPDATE_RUN, run_id=r.id, status=r.status, rank=rank,
+                                    **values):
+                continue
+            inserted = tx.run(
+                _insert_run, run_id=r.id, thread_id=r.thread_id, status=r.status,
+                created_at=r.created_at or now, **values,
+            )
+            if fresh and not inserted:
+                tx.run(_UPDATE_RUN, run_id=r.id, status=r.status, rank=rank, **values)
 
     # ------------------------------------------------------------------ steps, assistants
 
-    def record_steps(self, *, workspace: str | None, steps: Sequence[Any]) -> None:
+    def record_steps(self, tx: _Tx, *, workspace: str | None, steps: Sequence[Any]) -> None:
         """Upsert run steps (with their tool calls and usage)."""
 
-    def record_assistants(self, *, workspace: str | None, assistants: Sequence[Any]) -> None:
+    def record_assistants(
+        self, tx: _Tx, *, workspace: str | None, assistants: Sequence[Any]
+    ) -> None:
         """Upsert assistants, in the workspace of the call."""
 
-    def forget_assistant(self, assistant_id: str) -> None:
+    def forget_assistant(self, tx: _Tx, *, assistant_id: str) -> None:
         """DashScope confirmed the assistant's delete: remove its row."""
+
+    # ------------------------------------------------------------------ write-behind
+
+    def submit(self, op: str, method: str, kwargs: dict[str, Any]) -> None:
+        """Queue ``self.<method>(tx, **kwargs)``; the writer thread applies it.
+
+        The caller's call returns at once: the writes of a burst of calls share
+        one transaction, made while the caller waits for DashScope's next answer.
+        """
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._drain, name="threadstore-mirror", daemon=True
+                )
+                self._writer.start()
+        self._queue.put((op, method, kwargs))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written (or failed); False on timeout."""
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                return self._queue.empty()
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _drain(self) -> None:
+        while True:
+            batch: list[tuple[str, str, dict[str, Any]]] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            item = self._queue.get()
+            while True:
+                if isinstance(item, threading.Event):
+                    waiters.append(item)
+                elif item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                if stop or len(batch) >= _BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._apply(batch)
+            for waiter in waiters:
+                waiter.set()
+            if stop:
+                if self._held is not None:
+                    self._held.close()
+                    self._held = None
+                return
+
+    def _apply(self, batch: list[tuple[str, str, dict[str, Any]]]) -> None:
+        if not batch:
+            return
+        try:
+            with self._transaction(hold=True) as tx:
+                for _, method, kwargs in batch:
+                    getattr(self, method)(tx, **kwargs)
+            return
+        except Exception:  # noqa: BLE001 - one bad write must not lose the others
+            if len(batch) == 1:
+                op = batch[0][0]
+                self._on_error(op, sys.exc_info()[1] or RuntimeError(op))
+                return
+        for item in batch:  # find the one that failed; write the rest
+            self._apply([item])
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None and writer.is_alive():
+            self._queue.put(None)
+            writer.join()

@@ -21,9 +21,10 @@ resolve to the SDK's own.
 
 What is recorded, from which call, into the store at ``THREADSTORE_DATABASE_URL``
 (default ``sqlite:///threadstore.db``; one store per database URL, whatever the
-``api_key``): see :mod:`threadstore._mirror` and the README. A mirror write that
-fails never changes what the caller gets: it is logged on ``threadstore.dashscope``
-and counted (:func:`mirror_failures`).
+``api_key``): see :mod:`threadstore._mirror` and the README. Recording happens on a
+background writer thread (:func:`flush` waits for it; :func:`close_stores`, also run
+at exit, flushes). A mirror write that fails never changes what the caller gets: it
+is logged on ``threadstore.dashscope`` and counted (:func:`mirror_failures`).
 
 Two orders are kept from :class:`~threadstore.ThreadStore`: a thread create (also
 ``create_and_run`` / ``create_thread_and_run``) writes its intent row *before* the
@@ -35,6 +36,7 @@ the sweep).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -54,6 +56,7 @@ __all__ = [
     "Steps",
     "Threads",
     "close_stores",
+    "flush",
     "mirror_failures",
 ]
 
@@ -78,16 +81,40 @@ def _store() -> tuple[ThreadStore, Mirror]:
     with _lock:
         if url not in _stores:
             store = ThreadStore(url)
-            _stores[url] = (store, Mirror(store.engine, store.codec))
+            _stores[url] = (store, Mirror(store.engine, store.codec, on_error=_failed))
         return _stores[url]
 
 
-def close_stores() -> None:
-    """Close the stores the facade opened (tests, or before the process forks)."""
+def flush(timeout: float | None = None) -> bool:
+    """Wait until every object that passed through so far is in the mirror.
+
+    Recording happens on a background thread (it takes no time from your calls);
+    a mirror read right after a call — in a test, say — calls this first. False if
+    ``timeout`` seconds passed first.
+    """
     with _lock:
-        for store, _ in _stores.values():
-            store.close()
+        mirrors = [mirror for _, mirror in _stores.values()]
+    return all(mirror.flush(timeout) for mirror in mirrors)
+
+
+def close_stores() -> None:
+    """Write what is pending, then close the stores the facade opened."""
+    with _lock:
+        opened = list(_stores.values())
         _stores.clear()
+    for store, mirror in opened:
+        mirror.close()
+        store.close()
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not share the parent's connections or writer thread.
+    _stores.clear()
+
+
+atexit.register(close_stores)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def mirror_failures() -> dict[str, int]:
@@ -108,9 +135,9 @@ def _ok(result: Any) -> bool:
 
 
 def _observe(op: str, method: str, **kwargs: Any) -> None:
-    """Run one mirror write (``Mirror.<method>(**kwargs)``); failures are logged and counted."""
+    """Queue one mirror write (``Mirror.<method>``); failures are logged and counted."""
     try:
-        getattr(_store()[1], method)(**kwargs)
+        _store()[1].submit(op, method, kwargs)
     except Exception as exc:  # noqa: BLE001 - nothing may change what DashScope answered
         _failed(op, exc)
 
@@ -138,22 +165,22 @@ def _settle_failed_create(op: str, intent_id: str, exc: BaseException) -> None:
         _failed(op, err)
 
 
-def _settle_answer(op: str, intent_id: str, result: Any, thread_id: str | None) -> None:
+def _drop_intent(op: str, intent_id: str) -> None:
     try:
-        mirror = _store()[1]
-        if _ok(result) and thread_id:
-            mirror.settle_id(intent_id, thread_id)
-        else:
-            mirror.drop_intent(intent_id)
+        _store()[1].drop_intent(intent_id)
     except Exception as exc:  # noqa: BLE001
         _failed(op, exc)
+
+
+def _settle_answer(op: str, intent_id: str, result: Any, thread_id: str | None) -> None:
+    if _ok(result) and thread_id:
+        _observe(op, "settle", intent_id=intent_id, thread={"id": thread_id})
+    else:
+        _drop_intent(op, intent_id)
 
 
 def _settle_thread(op: str, intent_id: str, thread: Any) -> None:
-    try:
-        _store()[1].settle(intent_id, thread)
-    except Exception as exc:  # noqa: BLE001
-        _failed(op, exc)
+    _observe(op, "settle", intent_id=intent_id, thread=thread)
 
 
 def _thread_metadata(thread: Any) -> Any:
@@ -269,13 +296,10 @@ class Threads:
         except BaseException as exc:
             _settle_failed_create("threads.create", intent_id, exc)
             raise
-        try:
-            if _ok(result):
-                _store()[1].settle(intent_id, result)
-            else:
-                _store()[1].drop_intent(intent_id)
-        except Exception as exc:  # noqa: BLE001
-            _failed("threads.create", exc)
+        if _ok(result):
+            _observe("threads.create", "settle", intent_id=intent_id, thread=result)
+        else:
+            _drop_intent("threads.create", intent_id)
         return result
 
     @classmethod
@@ -333,6 +357,7 @@ class Threads:
 
         store = _mirrored_store()
         if store is not None and isinstance(thread_id, str):
+            flush()  # what passed through before lands before the row may go
             try:
                 store._delete_via(thread_id, send, workspace=workspace)
             except (ThreadNotFound, ThreadExpired, ConfigError):
@@ -397,7 +422,8 @@ def _run_created(op: str, intent_id: str | None, result: Any, workspace: str | N
     if intent_id is not None:
         _settle_answer(op, intent_id, result, tid if isinstance(tid, str) else None)
     if isinstance(tid, str):
-        _observe(op, "record", workspace=workspace, runs_seen=[result], thread_id=tid, active=True)
+        _observe(op, "record", workspace=workspace, runs_seen=[result], thread_id=tid,
+                 active=True, fresh=True)
 
 
 # --------------------------------------------------------------------------- Messages
@@ -521,14 +547,14 @@ class Messages:
 
 def _run_answer(
     op: str, result: Any, workspace: str | None, thread_id: str, *, active: bool,
-    stream: Any = False,
+    stream: Any = False, fresh: bool = False,
 ) -> Any:
     """Record a run answer, or wrap the SDK's stream so its events are recorded."""
     if stream:
         return _mirrored_stream(op, result, workspace=workspace, thread_id=thread_id)
     if _ok(result):
         _observe(op, "record", workspace=workspace, runs_seen=[result],
-                 thread_id=thread_id, active=active)
+                 thread_id=thread_id, active=active, fresh=fresh)
     return result
 
 
@@ -600,7 +626,7 @@ class Runs:
             top_p=top_p, top_k=top_k, temperature=temperature, max_tokens=max_tokens, **kwargs,
         )
         return _run_answer("runs.create", result, workspace, thread_id, active=True,
-                           stream=stream)
+                           stream=stream, fresh=True)
 
     @classmethod
     def call(

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -261,3 +261,20 @@ def _short(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     line = str(orig if orig is not None else exc).strip().splitlines()
     return line[0] if line else type(exc).__name__
+
+
+def insert_ignore(table: Table, dialect: str) -> Insert:
+    """``INSERT`` that skips rows whose key exists, in ``dialect``'s own words.
+
+    (``ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL, ``INSERT IGNORE`` on
+    MySQL/MariaDB.) The rowcount says whether the row was new.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: PLC0415
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: PLC0415
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return insert(table).prefix_with("IGNORE")
