@@ -58,7 +58,7 @@ def main() -> None:
     with emulator_process(latency_ms=args.latency_ms) as url, tempfile.TemporaryDirectory() as tmp:
         dashscope.base_http_api_url = url
         os.environ["THREADSTORE_DATABASE_URL"] = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        import threadstore.dashscope as facade  # noqa: PLC0415 - after the URL is set
+        import threadstore.dashscope as facade
 
         plain: list[float] = []
         ours: list[float] = []
