@@ -140,14 +140,16 @@ def test_random_500s_never_orphan_and_repeated_sweeps_finish(
 
 
 def test_remote_404_counts_as_already_gone(store: ThreadStore, emulator: Emulator) -> None:
-    """A thread deleted on DashScope behind our back is removed locally as 'already_gone'."""
+    """A thread deleted on DashScope behind our back is removed locally as 'already_gone'
+    (a live thread of the same workspace proves that DashScope's 404 can be trusted)."""
     (tid,) = _expired(store, 1)
+    keep = store.create_thread().thread_id
     assert dashscope.Threads.delete(tid).status_code == 200  # someone else deleted it
 
     report = store.sweep(WEEK)
 
     assert (report.deleted, report.already_gone, report.failed) == (0, 1, [])
-    assert _local_ids(store) == set()
+    assert _local_ids(store) == {keep}
     assert [r["remote_result"] for r in _log(store)] == ["already_gone"]
 
 

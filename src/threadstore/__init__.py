@@ -29,6 +29,7 @@ from .errors import (
     ThreadExpired,
     ThreadNotFound,
     ThreadStoreError,
+    UntrustedNotFound,
 )
 from .models import MessageRecord, RunRecord, ThreadRecord
 from .remote import DashScopeRemote, Remote
@@ -61,6 +62,7 @@ __all__ = [
     "ThreadRecord",
     "ThreadStore",
     "ThreadStoreError",
+    "UntrustedNotFound",
     "VerifyReport",
     "__version__",
 ]

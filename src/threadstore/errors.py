@@ -9,7 +9,10 @@ Every error threadstore raises on purpose derives from :class:`ThreadStoreError`
     ├── StoreError            the local database failed (wraps SQLAlchemy errors)
     │   └── ArchiveError          the sweep archive could not be written
     └── RemoteError           DashScope answered with an error or could not be reached
-        ├── RemoteNotFound        404: the remote object does not exist (any more)
+        ├── RemoteNotFound        404 in DashScope's own shape: the object does not exist there
+        ├── UntrustedNotFound     a 404 that cannot mean "already gone" (also a ConfigError):
+        │                         not DashScope's answer, or about a scope that cannot see
+        │                         our threads (wrong base URL, proxy, key or workspace)
         ├── RemoteAuthError       401/403, or no API key at all
         ├── RemoteRateLimited     429 (``retry_after`` in seconds when the server said)
         └── RemoteUnavailable     5xx, 408, timeouts and connection errors: transient
@@ -35,6 +38,7 @@ __all__ = [
     "ThreadExpired",
     "ThreadNotFound",
     "ThreadStoreError",
+    "UntrustedNotFound",
 ]
 
 
@@ -130,6 +134,31 @@ class RemoteError(ThreadStoreError):
 
 class RemoteNotFound(RemoteError):
     """DashScope answered 404: the thread (or message, run) does not exist there."""
+
+
+class UntrustedNotFound(RemoteError, ConfigError):
+    """A 404 that threadstore does not take as "the thread is already gone".
+
+    Raised instead of :class:`RemoteNotFound` when the 404's body is not
+    DashScope's error JSON (``{"code", "message", "request_id"}``) — a base URL
+    without ``/api/v1``, a proxy or gateway answering for DashScope — and by
+    deletions and ``verify`` when DashScope's own 404s cannot be told apart from
+    a key or workspace that does not see our threads: no thread we hold in that
+    workspace could be found there. Nothing local is dropped on it. It is a
+    :class:`ConfigError` too: retrying will not help, the configuration must
+    change. ``cause`` is ``"endpoint"`` (URL, proxy) or ``"scope"`` (key,
+    workspace); ``workspace`` names the workspace in question (None: the default).
+    Not a subclass of :class:`RemoteNotFound`, so code that reads a
+    ``RemoteNotFound`` as "already gone" never reads this one so.
+    """
+
+    def __init__(
+        self, message: str, *, cause: str = "endpoint", workspace: str | None = None, **kw: Any
+    ) -> None:
+        self.cause = cause
+        self.workspace = workspace
+        kw.setdefault("status_code", 404)
+        super().__init__(message, **kw)
 
 
 class RemoteAuthError(RemoteError):

@@ -41,6 +41,7 @@ from .errors import (
     RemoteNotFound,
     RemoteRateLimited,
     RemoteUnavailable,
+    UntrustedNotFound,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteRun",
     "RemoteThread",
     "error_from_status",
+    "is_dashscope_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -251,6 +253,37 @@ class Remote(Protocol):
 # --------------------------------------------------------------------------- errors
 
 
+def is_dashscope_error(body: Any) -> bool:
+    """True if an error body has DashScope's own shape: ``{"code", "message", "request_id"}``.
+
+    The real service answers every error so: a non-empty string ``code``, a
+    string ``message`` and a non-empty ``request_id``. A gateway's unknown-route
+    page (a base URL without ``/api/v1``), a proxy's HTML or its own JSON lack
+    them. Only a 404 in this shape may mean "the thread does not exist"; see
+    :class:`~threadstore.errors.UntrustedNotFound`.
+    """
+    if not isinstance(body, Mapping):
+        return False
+    code, message, request_id = body.get("code"), body.get("message"), body.get("request_id")
+    return (
+        isinstance(code, str)
+        and bool(code.strip())
+        and isinstance(message, str)
+        and isinstance(request_id, str)
+        and bool(request_id.strip())
+    )
+
+
+def _untrusted_text(what: str, about: str, base_url: str | None) -> str:
+    where = f" at {base_url}" if base_url else ""
+    return (
+        f"{what}{about}: the endpoint{where} answered 404 in a form DashScope never uses "
+        "(not its error JSON): the base URL is probably wrong (it must end in /api/v1; "
+        "check DASHSCOPE_HTTP_BASE_URL) or a proxy answers for DashScope; nothing was "
+        "taken as deleted"
+    )
+
+
 def error_from_status(
     status_code: int | None,
     *,
@@ -261,8 +294,15 @@ def error_from_status(
     thread_id: str | None = None,
     retry_after: float | None = None,
     response: Any = None,
+    shaped: bool = True,
+    base_url: str | None = None,
 ) -> RemoteError:
-    """Build the typed error for an HTTP status (the one mapping threadstore uses)."""
+    """Build the typed error for an HTTP status (the one mapping threadstore uses).
+
+    ``shaped`` tells whether the error body had DashScope's shape
+    (:func:`is_dashscope_error`): a 404 without it is an
+    :class:`~threadstore.errors.UntrustedNotFound`, never a ``RemoteNotFound``.
+    """
     what = operation or "DashScope call"
     about = f" for {thread_id}" if thread_id else ""
     detail = f": {code or ''}{' ' if code and message else ''}{message or ''}".rstrip(": ")
@@ -277,6 +317,10 @@ def error_from_status(
         "thread_id": thread_id,
         "response": response,
     }
+    if status_code == 404 and not shaped:
+        return UntrustedNotFound(
+            _untrusted_text(what, about, base_url), cause="endpoint", **kw
+        )
     if status_code == 404:
         return RemoteNotFound(text, **kw)
     if status_code in (401, 403):
@@ -336,19 +380,26 @@ def _dropped_mid_request(exc: requests.ConnectionError) -> bool:
 
 
 
-def _check(result: Any, operation: str, thread_id: str | None = None) -> Any:
+def _check(
+    result: Any, operation: str, thread_id: str | None = None, base_url: str | None = None
+) -> Any:
     """Return ``result`` if the SDK call succeeded, else raise the typed error."""
     status = getattr(result, "status_code", None)
     if status in (200, 201):
         return result
+    fields = {name: getattr(result, name, None) for name in ("code", "message", "request_id")}
     raise error_from_status(
         status,
-        code=getattr(result, "code", None) or None,
-        message=getattr(result, "message", None) or None,
-        request_id=getattr(result, "request_id", None) or None,
+        code=fields["code"] or None,
+        message=fields["message"] or None,
+        request_id=fields["request_id"] or None,
         operation=operation,
         thread_id=thread_id,
         response=result,
+        # The SDK copies an error JSON's keys onto its result; a text or HTML body
+        # leaves only ``message``.
+        shaped=is_dashscope_error(fields),
+        base_url=base_url,
     )
 
 
@@ -506,7 +557,13 @@ class DashScopeRemote:
             result = fn(*a, **kw)
         except _sdk_errors() as exc:
             raise _translate_exception(exc, operation, about) from exc
-        return _check(result, operation, about)
+        return _check(result, operation, about, self._shown_base_url())
+
+    def _shown_base_url(self) -> str | None:
+        try:
+            return self.base_url
+        except ConfigError:
+            return None
 
     # -- threads
 
@@ -587,6 +644,8 @@ class DashScopeRemote:
             operation=operation,
             thread_id=thread_id,
             retry_after=retry_after,
+            shaped=is_dashscope_error(body),
+            base_url=base,
         )
 
     def _pooled(self) -> requests.Session:

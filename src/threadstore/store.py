@@ -86,6 +86,7 @@ from .sweep import (
     remove_local,
     sweep_expired,
 )
+from .trust import Trust, scope_error
 from .verify import VerifyReport, verify_mirror
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class ThreadStore:
             Codec(encryption_key, tuple(old_keys)) if encryption_key else Codec.from_env()
         )
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.trust = Trust(self.remote)
         self._closed = False
         if migrate:
             try:
@@ -803,8 +805,11 @@ class ThreadStore:
     def delete_thread(self, thread_id: str, *, lease: timedelta = timedelta(minutes=5)) -> None:
         """Delete the thread on DashScope, then its local row, messages and runs.
 
-        The local row goes only once DashScope confirmed the delete or answered
-        404. Any other remote error leaves the row as it was and is raised.
+        The local row goes only once DashScope confirmed the delete or answered a
+        404 that can be trusted (:mod:`threadstore.trust`): DashScope's own 404, in
+        a workspace where it found another of our threads. Otherwise
+        :class:`~threadstore.errors.UntrustedNotFound` is raised and the row stays;
+        any other remote error leaves the row as it was and is raised.
         :class:`ThreadExpired` if a sweep is deleting it right now.
         """
         self._delete_via(
@@ -834,11 +839,18 @@ class ThreadStore:
                 raise ThreadNotFound(thread_id)
             if not claim_thread(conn, thread_id, owner=self.owner, lease=lease):
                 raise ThreadExpired(thread_id)
+        scope: str | None = row["workspace"]
         result = "deleted"
         try:
-            send(row["workspace"])
-        except RemoteNotFound:
-            result = "already_gone"
+            try:
+                send(scope)
+            except RemoteNotFound:
+                # Believed only when DashScope proves it sees this workspace.
+                if not self.trust.canary(self.engine, scope, exclude=(thread_id,)):
+                    raise scope_error(scope, thread_id=thread_id) from None
+                result = "already_gone"
+            else:
+                self.trust.prove(scope)
         except BaseException:
             with self._write() as conn:
                 release_thread(conn, thread_id, owner=self.owner)
@@ -860,9 +872,11 @@ class ThreadStore:
     ) -> VerifyReport:
         """Ask DashScope for every mirrored thread; report (with ``fix``: drop) vanished ones.
 
-        Only a 404 counts as vanished; transient errors are reported in ``errors``
-        and never fixed. Raises :class:`~threadstore.errors.RemoteAuthError` when
-        the key is refused (nothing fixed). See :mod:`threadstore.verify`.
+        Only a trusted 404 counts as vanished (:mod:`threadstore.trust`); transient
+        errors are reported in ``errors`` and never fixed. Raises
+        :class:`~threadstore.errors.RemoteAuthError` when the key is refused and
+        :class:`~threadstore.errors.UntrustedNotFound` when the 404s cannot be
+        trusted (nothing fixed). See :mod:`threadstore.verify`.
         """
         return verify_mirror(
             self.engine,
@@ -872,6 +886,7 @@ class ThreadStore:
             concurrency=concurrency,
             max_rps=max_rps,
             limit=limit,
+            trust=self.trust,
         )
 
     def rotate_key(self, *, batch_size: int = 500) -> int:
@@ -945,7 +960,10 @@ class ThreadStore:
 
         Raises :class:`~threadstore.errors.RemoteAuthError` when DashScope refuses
         the key: the sweep stops at once and gives every claimed row back.
-        See :mod:`threadstore.sweep`.
+        Raises :class:`~threadstore.errors.UntrustedNotFound` when 404s cannot be
+        trusted to mean "already gone" (a wrong base URL, a proxy, a key or
+        workspace that does not see our threads): the sweep stops and drops
+        nothing for them. See :mod:`threadstore.sweep` and :mod:`threadstore.trust`.
         """
         report = sweep_expired(
             self.engine,
@@ -962,9 +980,12 @@ class ThreadStore:
             retry_base=retry_base,
             progress=progress,
             stop=stop,
+            trust=self.trust,
         )
         if report.auth_error is not None:
             raise report.auth_error
+        if report.trust_error is not None:
+            raise report.trust_error
         return report
 
     def export(

@@ -17,11 +17,15 @@ How a sweep runs (:func:`sweep_expired`, used through ``ThreadStore.sweep``):
    batch is claimed while the current one is still in flight, so the pool never
    idles at batch boundaries.
 3. **Finish locally** in batches, one transaction per batch: a confirmed delete or
-   a 404 removes the row with its messages and runs (archived first if asked) and
-   appends it to the ``deletions`` log — but only where the lease is still ours.
+   a trusted 404 (:mod:`threadstore.trust`) removes the row with its messages and
+   runs (archived first if asked) and appends it to the ``deletions`` log — but
+   only where the lease is still ours.
    A transient failure releases the row with its attempt count, error and a
    backoff (``next_attempt_at``); an auth failure stops the sweep at once and
-   releases every lease it holds without counting an attempt.
+   releases every lease it holds without counting an attempt. So does a 404
+   that cannot be trusted: one not in DashScope's shape stops the sweep at once;
+   DashScope's own 404s wait (leased, untouched) until their workspace is proven
+   by a confirmed delete or a canary, and stop the sweep if it cannot be.
 
 A sweeper that dies leaves leased rows behind; when the lease ends they are
 claimable again, and a remote thread it had already deleted answers 404 to the
@@ -70,10 +74,12 @@ from .errors import (
     RemoteNotFound,
     RemoteRateLimited,
     ThreadStoreError,
+    UntrustedNotFound,
 )
 from .models import THREAD_CHILDREN, THREADS, deletions, threads, utcnow
 from .remote import Remote
 from .stats import count_by_thread
+from .trust import BREAKER, Trust, scope_error
 
 __all__ = [
     "RateLimiter",
@@ -277,6 +283,9 @@ class SweepReport:
     * ``archived`` — threads written to the archive file;
     * ``elapsed`` — seconds;
     * ``stopped_by_auth`` — DashScope refused the key; ``error`` says how;
+    * ``stopped_untrusted`` — 404s that cannot be trusted (a wrong base URL, a
+      proxy, key or workspace) stopped the sweep; ``error`` names the likely
+      cause; nothing was dropped for them;
     * ``interrupted`` — stopped on request before the end;
     * ``would_delete`` — in a dry run, the ids that would be deleted.
     """
@@ -295,11 +304,18 @@ class SweepReport:
     error: str | None = None
     would_delete: tuple[str, ...] = ()
     auth_error: RemoteAuthError | None = field(default=None, compare=False, repr=False)
+    stopped_untrusted: bool = False
+    trust_error: UntrustedNotFound | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when nothing failed and the sweep was not stopped."""
-        return not self.failed and not self.stopped_by_auth and not self.interrupted
+        return (
+            not self.failed
+            and not self.stopped_by_auth
+            and not self.stopped_untrusted
+            and not self.interrupted
+        )
 
     def summary(self) -> str:
         """One line for humans."""
@@ -317,7 +333,7 @@ class SweepReport:
         if self.archived:
             text += f", {self.archived} archived"
         text += f" in {self.elapsed:.2f} s"
-        if self.stopped_by_auth:
+        if self.stopped_by_auth or self.stopped_untrusted:
             text += f"; stopped: {self.error}"
         elif self.interrupted:
             text += "; interrupted"
@@ -326,7 +342,11 @@ class SweepReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``threadstore sweep --json``)."""
         # Not asdict(): it would deep-copy auth_error and the SDK response it holds.
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "auth_error"}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("auth_error", "trust_error")
+        }
         data["failed"] = [{"thread_id": tid, "error": err} for tid, err in self.failed]
         data["would_delete"] = list(self.would_delete)
         data["elapsed"] = round(self.elapsed, 3)
@@ -424,7 +444,7 @@ class _Claimed:
 @dataclass(frozen=True)
 class _Outcome:
     item: _Claimed
-    kind: str  # deleted | already_gone | retry | auth | unattempted
+    kind: str  # deleted | already_gone | not_found | retry | auth | untrusted | unattempted
     error: RemoteError | ThreadStoreError | None = None
     error_text: str | None = None
 
@@ -543,6 +563,7 @@ def sweep_expired(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     now: datetime | None = None,
+    trust: Trust | None = None,
 ) -> SweepReport:
     """Delete every expired thread, remote first; see the module docstring.
 
@@ -555,6 +576,8 @@ def sweep_expired(
     An auth failure does not raise here: the report says ``stopped_by_auth`` and
     carries the error in ``auth_error`` (``ThreadStore.sweep`` raises it).
     ``now`` fixes the instant expiry is judged at (tests at the exact boundary).
+    404s that cannot be trusted likewise set ``stopped_untrusted`` and ``trust_error``.
+    ``trust`` carries proven workspaces across calls (see :mod:`threadstore.trust`).
     """
     _check_options(
         older_than,
@@ -610,6 +633,7 @@ def sweep_expired(
             progress=progress,
             total=total,
             stop=stop or threading.Event(),
+            trust=trust or Trust(remote),
         )
         report = run.run()
     finally:
@@ -629,6 +653,8 @@ def sweep_expired(
         interrupted=report.interrupted,
         error=report.error,
         auth_error=report.auth_error,
+        stopped_untrusted=report.stopped_untrusted,
+        trust_error=report.trust_error,
     )
     # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
     # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.
@@ -657,8 +683,14 @@ class _Sweep:
         progress: Progress | None,
         total: int,
         stop: threading.Event,
+        trust: Trust,
     ) -> None:
         self.engine = engine
+        self.trust = trust
+        # DashScope's 404s waiting for their workspace to be proven, by workspace.
+        self.parked: dict[str | None, list[_Outcome]] = {}
+        self.canaried: dict[str | None, bool | None] = {}
+        self.trust_error: UntrustedNotFound | None = None
         self.remote = remote
         self.owner = owner
         self.codec = codec
@@ -698,7 +730,10 @@ class _Sweep:
         try:
             self.remote.delete_thread(item.thread_id, workspace=item.workspace)
         except RemoteNotFound:
-            return _Outcome(item, "already_gone")
+            return _Outcome(item, "not_found")
+        except UntrustedNotFound as exc:
+            self.stop.set()  # not DashScope answering: every delete would meet it
+            return _Outcome(item, "untrusted", exc, str(exc))
         except RemoteAuthError as exc:
             self.stop.set()  # every further call would fail the same way
             return _Outcome(item, "auth", exc, str(exc))
@@ -711,6 +746,7 @@ class _Sweep:
         except Exception as exc:  # a bug in a Remote must not strand the claim
             log.exception("unexpected error deleting %s", item.thread_id)
             return _Outcome(item, "retry", None, f"{type(exc).__name__}: {exc}")
+        self.trust.prove(item.workspace)
         return _Outcome(item, "deleted")
 
     # -- calling thread
@@ -742,7 +778,9 @@ class _Sweep:
             o.item.thread_id: o.kind for o in outcomes if o.kind in ("deleted", "already_gone")
         }
         retry = [o for o in outcomes if o.kind == "retry"]
-        release = [o.item.thread_id for o in outcomes if o.kind in ("unattempted", "auth")]
+        release = [
+            o.item.thread_id for o in outcomes if o.kind in ("unattempted", "auth", "untrusted")
+        ]
         now = utcnow()
         with db.write(self.engine) as conn:
             removed = _remove_many(
@@ -809,12 +847,27 @@ class _Sweep:
                     if len(items) < self.batch:
                         exhausted = True
                     pending.update(pool.submit(self._delete, item) for item in items)
-                if not pending:
+                if not pending and not self.parked:
                     break
-                done, pending = wait(pending, timeout=FLUSH_INTERVAL, return_when=FIRST_COMPLETED)
+                done: set[Future[_Outcome]] = set()
+                if pending:
+                    done, pending = wait(
+                        pending, timeout=FLUSH_INTERVAL, return_when=FIRST_COMPLETED
+                    )
+                judged: list[_Outcome] = []
                 for future in done:
-                    outcome = future.result()
-                    if outcome.kind == "auth":
+                    judged.extend(self._judge(future.result()))
+                judged.extend(self._unpark_proven())
+                if not pending and self.parked and (exhausted or self.stop.is_set()):
+                    judged.extend(self._settle_parked())
+                for outcome in judged:
+                    if outcome.kind == "untrusted":
+                        if self.trust_error is None and isinstance(
+                            outcome.error, UntrustedNotFound
+                        ):
+                            self.trust_error = outcome.error
+                        self.unattempted_at_stop += 1
+                    elif outcome.kind == "auth":
                         if self.auth_error is None and isinstance(outcome.error, RemoteAuthError):
                             self.auth_error = outcome.error
                         self.unattempted_at_stop += 1
@@ -855,6 +908,7 @@ class _Sweep:
             pool.shutdown(wait=True)
         if self.auth_error is not None or self.stop.is_set():
             self._release_all()
+        stopped_by = self.auth_error or self.trust_error
         return SweepReport(
             expired=len(self.claimed),
             deleted=self.deleted,
@@ -863,7 +917,69 @@ class _Sweep:
             skipped=self.unattempted_at_stop,
             lease_lost=self.lease_lost,
             stopped_by_auth=self.auth_error is not None,
-            interrupted=self.auth_error is None and self.stop.is_set(),
-            error=str(self.auth_error) if self.auth_error is not None else None,
+            interrupted=stopped_by is None and self.stop.is_set(),
+            error=str(stopped_by) if stopped_by is not None else None,
             auth_error=self.auth_error,
+            stopped_untrusted=self.auth_error is None and self.trust_error is not None,
+            trust_error=self.trust_error if self.auth_error is None else None,
         )
+
+    # -- trusting 404s (calling thread; see threadstore.trust)
+
+    def _judge(self, outcome: _Outcome) -> list[_Outcome]:
+        """A 404 counts as already gone only in a proven workspace; else it waits."""
+        if outcome.kind != "not_found":
+            return [outcome]
+        workspace = outcome.item.workspace
+        if self.trust.proven(workspace):
+            return [_Outcome(outcome.item, "already_gone")]
+        parked = self.parked.setdefault(workspace, [])
+        parked.append(outcome)
+        if workspace not in self.canaried:
+            self.canaried[workspace] = self._canary(workspace)
+        if self.trust.proven(workspace):
+            return [_Outcome(o.item, "already_gone") for o in self.parked.pop(workspace)]
+        if len(parked) >= BREAKER and self.trust_error is None:
+            # The circuit breaker: a run of 404s that nothing vouches for.
+            self.trust_error = scope_error(workspace, count=len(parked))
+            self.stop.set()
+        return []
+
+    def _canary(self, workspace: str | None) -> bool | None:
+        try:
+            return self.trust.canary(self.engine, workspace)
+        except RemoteAuthError as exc:
+            self.auth_error = self.auth_error or exc
+        except UntrustedNotFound as exc:
+            self.trust_error = self.trust_error or exc
+        self.stop.set()
+        return None
+
+    def _unpark_proven(self) -> list[_Outcome]:
+        """Parked 404s of workspaces that a confirmed delete has proven meanwhile."""
+        out: list[_Outcome] = []
+        for workspace in [w for w in self.parked if self.trust.proven(w)]:
+            out.extend(_Outcome(o.item, "already_gone") for o in self.parked.pop(workspace))
+        return out
+
+    def _settle_parked(self) -> list[_Outcome]:
+        """At the end: one more canary where the first had no answer, else give back."""
+        out: list[_Outcome] = []
+        for workspace in list(self.parked):
+            if self.canaried.get(workspace) is None and not self.stop.is_set():
+                self.canaried[workspace] = self._canary(workspace)
+            parked = self.parked.pop(workspace)
+            if self.trust.proven(workspace):
+                out.extend(_Outcome(o.item, "already_gone") for o in parked)
+                continue
+            if self.trust_error is None:
+                self.trust_error = scope_error(
+                    workspace, thread_id=parked[0].item.thread_id, count=len(parked)
+                )
+            self.stop.set()
+            # Given back untouched, as after an auth stop: not a failed attempt.
+            out.extend(
+                _Outcome(o.item, "untrusted", self.trust_error, str(self.trust_error))
+                for o in parked
+            )
+        return out

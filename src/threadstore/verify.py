@@ -9,7 +9,14 @@ claimed first like any deletion, so a sweeper deleting the same thread right now
 keeps it — and logged in ``deletions`` with reason ``vanished`` and remote result
 ``already_gone``.
 
-Only a 404 counts as drift. A transient error (5xx, 429, timeout) or any other
+Only a 404 that can be trusted counts as drift (:mod:`threadstore.trust`):
+DashScope's own 404, in a workspace where DashScope found at least one of our
+threads (during this run, or a canary). A 404 that is not DashScope's, or 404s
+for a whole workspace in which none of our threads can be found, stop the run
+with :class:`~threadstore.errors.UntrustedNotFound` and nothing is fixed: a
+wrong base URL, proxy, key or workspace must not look like drift.
+
+A transient error (5xx, 429, timeout) or any other
 remote error leaves the thread "unknown": it is listed in ``errors`` and never
 fixed. An auth error stops the run at once and is raised
 (:class:`~threadstore.errors.RemoteAuthError`): every further call would fail the
@@ -33,10 +40,17 @@ from sqlalchemy import Engine, select
 
 from . import _rules as rules
 from . import db
-from .errors import ConfigError, RemoteAuthError, RemoteError, RemoteNotFound
+from .errors import (
+    ConfigError,
+    RemoteAuthError,
+    RemoteError,
+    RemoteNotFound,
+    UntrustedNotFound,
+)
 from .models import threads
 from .remote import Remote
 from .sweep import claim_thread, remove_local
+from .trust import Trust, scope_error
 
 __all__ = ["VerifyReport", "verify_mirror"]
 
@@ -162,6 +176,20 @@ def _still_mirrored(engine: Engine, thread_ids: list[str]) -> set[str]:
     return found
 
 
+def _require_trust(
+    engine: Engine, trust: Trust, missing: list[str], workspace_of: dict[str, str | None]
+) -> None:
+    """Raise UntrustedNotFound unless every workspace with 404s is proven."""
+    by_workspace: dict[str | None, list[str]] = {}
+    for thread_id in missing:
+        by_workspace.setdefault(workspace_of[thread_id], []).append(thread_id)
+    for workspace, ids in by_workspace.items():
+        if not trust.proven(workspace) and not trust.canary(engine, workspace, exclude=ids):
+            raise scope_error(
+                workspace, operation="threads.retrieve", thread_id=ids[0], count=len(ids)
+            )
+
+
 def verify_mirror(
     engine: Engine,
     remote: Remote,
@@ -171,6 +199,7 @@ def verify_mirror(
     concurrency: int = 8,
     max_rps: float | None = None,
     limit: int | None = None,
+    trust: Trust | None = None,
 ) -> VerifyReport:
     """Retrieve every mirrored thread from DashScope and report those that vanished.
 
@@ -190,9 +219,11 @@ def verify_mirror(
     started = time.monotonic()
     stop = threading.Event()
     pacer = _Pacer(max_rps, stop)
+    trust = trust or Trust(remote)
     missing: list[str] = []
+    workspace_of: dict[str, str | None] = {}
     errors: list[tuple[str, str]] = []
-    auth_error: list[RemoteAuthError] = []
+    auth_error: list[RemoteAuthError | UntrustedNotFound] = []
     checked = 0
 
     def check(thread_id: str, workspace: str | None) -> bool:
@@ -202,14 +233,17 @@ def verify_mirror(
             remote.retrieve_thread(thread_id, workspace=workspace)
         except RemoteNotFound:
             missing.append(thread_id)
+            workspace_of[thread_id] = workspace
             log.info("verify: %s no longer exists on DashScope", thread_id)
-        except RemoteAuthError as exc:
+        except (RemoteAuthError, UntrustedNotFound) as exc:
+            # Every further call would meet the same key or endpoint.
             auth_error.append(exc)
             stop.set()
         except RemoteError as exc:
             errors.append((thread_id, str(exc)))
             log.info("verify: %s unknown: %s", thread_id, exc)
         else:
+            trust.prove(workspace)
             log.debug("verify: %s present", thread_id)
         return True
 
@@ -232,8 +266,9 @@ def verify_mirror(
             stop.set()
             raise
     if auth_error:
-        log.info("verify: stopped after %d checks: DashScope refused the key", checked)
+        log.info("verify: stopped after %d checks: %s", checked, auth_error[0])
         raise auth_error[0]
+    _require_trust(engine, trust, missing, workspace_of)
 
     # A thread swept or deleted by someone else while we looked was not drift.
     if missing:

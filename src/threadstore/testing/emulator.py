@@ -498,7 +498,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if op == "unknown":
             emu._record(op, None, 404)
-            self._send_error(ApiError(404, f"no route for {self.command} {url.path}"))
+            if path.startswith(API_PREFIX):
+                self._send_error(ApiError(404, f"no route for {self.command} {url.path}"))
+            else:
+                # Outside /api/v1 no DashScope service answers: the gateway does,
+                # with its own page and none of DashScope's error JSON (what a base
+                # URL missing its /api/v1 meets).
+                self._send_gateway_404()
             return
         fault = emu._pick_fault(op, req.thread_id, workspace)
         delay = emu._base_latency(op) + ((fault.latency or 0.0) if fault else 0.0)
@@ -585,6 +591,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
         self._send(error.status, {"code": error.code, "message": error.message}, headers)
+
+    def _send_gateway_404(self) -> None:
+        data = (
+            b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+            b"<center><h1>404 Not Found</h1></center>\r\n</body>\r\n</html>\r\n"
+        )
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _drop(self) -> None:
         """Close the socket without any HTTP response."""
