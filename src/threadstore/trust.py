@@ -36,6 +36,7 @@ from collections.abc import Collection
 
 from sqlalchemy import Engine, select
 
+from . import _rules as rules
 from . import db
 from .errors import (
     ConfigError,
@@ -133,11 +134,11 @@ class Trust:
         query = (
             select(threads.c.thread_id)
             .where(
-                threads.c.status == "active",
+                rules.is_active(),
                 threads.c.workspace.is_(None)
                 if workspace is None
                 else threads.c.workspace == workspace,
-                (threads.c.lease_owner.is_(None)) | (threads.c.lease_expires_at <= now),
+                rules.lease_free(now),
             )
             .order_by(threads.c.last_active.desc(), threads.c.thread_id)
             .limit(CANARY_TRIES + len(exclude))
