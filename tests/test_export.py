@@ -453,3 +453,40 @@ def test_arrow_native_sqlite_path_matches_the_portable_one(
         assert fast.read_bytes() == slow.read_bytes()
     else:
         assert pq.read_table(fast).equals(pq.read_table(slow))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("table", ["threads", "messages", "runs", "deletions"])
+def test_sqlite_rendered_lines_match_the_portable_writers(
+    populated: ThreadStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, fmt: str
+) -> None:
+    """SQLite's own rendering, orjson, the json module, pyarrow and csv write the same bytes."""
+    t = populated.create_thread(
+        user_id="u3", metadata={"f": 1e-05, "big": 2**70, "e": 1e16, "s": "tab\there 🎉"}
+    )
+    populated.add_message(t.thread_id, 'quote " and \\ backslash\x1f', metadata={"x": 0.1})
+    odd = populated.add_message(t.thread_id, "its metadata is not JSON")
+    _set(populated, messages, messages.c.message_id, odd.message_id, metadata="not {json")
+    outputs = []
+    for variant in ("default", "sqlite-only", "orjson", "json-module", "csv-module"):
+        with monkeypatch.context() as mp:
+            if variant != "default":  # no Arrow reading SQLite
+                mp.setattr(export_module, "_adbc_sqlite", lambda: None)
+            if variant not in ("default", "sqlite-only"):  # Python encodes every value
+                mp.setattr(export_module, "_sqlite_lines", lambda *a: None)
+            if variant in ("sqlite-only", "csv-module"):
+                mp.setitem(sys.modules, "pyarrow", None)
+            if variant == "json-module":
+                mp.setitem(sys.modules, "orjson", None)
+                mp.setattr(export_module, "_Fragment", None)
+            out = io.BytesIO()
+            populated.export(out, table=table, fmt=fmt)
+            outputs.append(out.getvalue())
+    assert outputs[0]
+    assert outputs[1:] == [outputs[0]] * 4
+    if fmt == "jsonl" and table == "messages":
+        text = outputs[0].decode()
+        assert '"metadata":"not {json"' in text
+        assert '"metadata":{"x":0.1}' in text
+    if fmt == "jsonl" and table == "threads":
+        assert '{"f":1e-05,"big":1180591620717411303424,"e":1e+16,' in outputs[0].decode()

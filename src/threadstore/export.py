@@ -7,18 +7,24 @@ large the table is.
 
 Formats:
 
-* ``jsonl`` — one JSON object per line, UTF-8; ``metadata`` is embedded as an
-  object.
-* ``csv`` — a header row, RFC 4180 quoting, UTF-8, ``\\n`` line ends;
-  ``metadata`` is its JSON text. An empty field is NULL (with pyarrow installed,
-  an empty string is written quoted, ``""``). pyarrow's CSV writer is used when
-  it is installed (about twice as fast), Python's ``csv`` module otherwise.
+* ``jsonl`` — one JSON object per line, UTF-8, compact (no spaces); ``metadata``
+  is embedded as an object, its numbers exactly as stored.
+* ``csv`` — a header row, ``\n`` line ends, UTF-8; every string quoted (an
+  empty string is ``""``), numbers and booleans bare, NULL an empty field;
+  ``metadata`` is its JSON text.
 * ``parquet`` — needs pyarrow (``pip install 'threadstore[parquet]'``); written in
   record batches with an explicit schema, timestamps as ``timestamp[us, tz=UTC]``.
 
+How fast, by path (``benchmarks/bench_export.py`` has the figures): on a SQLite
+file, SQLite renders the JSONL and CSV lines itself and Python only moves bytes;
+with the ``[export]`` extra, Arrow reads ``messages`` and ``runs`` in C for CSV
+and Parquet. Everything else (other backends, encrypted values,
+``redact=True``) takes the portable path: orjson (the json module without it)
+and pyarrow's CSV writer (the csv module without it). Every path writes the
+same bytes; the tests compare them.
+
 Timestamps in text formats are ISO 8601 in UTC with microseconds and an explicit
-offset: ``2026-01-02T03:04:05.123456+00:00``. They are formatted by the database
-(no per-row Python work), which is what keeps the CSV path fast.
+offset: ``2026-01-02T03:04:05.123456+00:00``.
 
 Columns: see :data:`COLUMNS`. ``threads`` carries one row per mirrored thread
 with its message count, run count and token sums (aggregated subqueries joined,
@@ -45,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import logging
 import os
@@ -66,14 +73,16 @@ from sqlalchemy import (
     String,
     case,
     func,
+    literal,
     null,
+    or_,
     select,
     type_coerce,
 )
 
 from . import _rules as rules
 from . import db
-from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_ready, iso
+from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_lines, iso
 from .errors import ConfigError, StoreError
 from .models import BOOL, INT, JSON, KINDS, LEN, TEXT, THREADS, TS, messages, runs, threads
 from .models import kind as declared_kind
@@ -85,6 +94,11 @@ FORMATS = ("jsonl", "csv", "parquet")
 BATCH = 5000
 log = logging.getLogger(__name__)
 
+try:  # orjson: a dependency on CPython (see codec.dump_ready)
+    from orjson import Fragment as _Fragment
+except ImportError:  # pragma: no cover - the json module's own floats round-trip exactly
+    _Fragment = None  # type: ignore[assignment,misc]
+
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {k.name: k.export for k in KINDS}
@@ -94,6 +108,11 @@ Progress = Callable[[int], None]
 
 
 # --------------------------------------------------------------------------- SQL
+
+# Stored values that Codec.decode_text changes: Fernet tokens, and plain text that
+# was escaped because it looked like one. Every other value is stored as is.
+_ENCODED = (PREFIX, PLAIN_PREFIX)
+_ENCODED_RE = f"^({PREFIX}|{PLAIN_PREFIX})"
 
 # How timestamps arrive from the database, per backend:
 #   text     SQLite's stored 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC), fixed up
@@ -122,6 +141,9 @@ class _Query:
     # Read plain tuples straight from the driver's cursor (SQLite): SQLAlchemy's
     # rows would cost more than the rest of the export.
     raw_cursor: bool
+    # A row if any selected content or metadata is stored encoded (encrypted, or
+    # escaped plain text): those need Python to decode them. None: nothing to check.
+    encoded: Select[Any] | None = None
 
 
 def _timestamp(col: Any, ts_mode: str) -> ColumnElement[Any]:
@@ -203,6 +225,11 @@ def _build(
     else:
         conds += owner_conds
 
+    stored = [base.c[name] for name, kind in spec if kind in (TEXT, JSON)]
+    encoded = None
+    if stored:
+        prefixed = [c.like(f"{p}%") for c in stored for p in _ENCODED]
+        encoded = select(1).select_from(base).where(*conds, or_(*prefixed)).limit(1)
     columns: list[ColumnElement[Any]] = []
     for name, kind in spec:
         expr: ColumnElement[Any] = exprs[name] if name in exprs else base.c[name]
@@ -223,6 +250,7 @@ def _build(
         ts_mode,
         table,
         raw_cursor=dialect == "sqlite",
+        encoded=encoded,
     )
 
 
@@ -246,6 +274,91 @@ def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[
             yield [tuple(r) for r in part]
 
 
+# --------------------------------------------------------------------------- SQLite renders
+
+# SQLite can render whole JSON and CSV lines itself. Python then handles one
+# bytes object per row instead of a str per cell (decoded from UTF-8, and
+# encoded again to be written), which is most of the portable path's cost; and
+# SQLite renders with the GIL released, while the main thread writes the
+# previous batch. The bytes are the portable writers' bytes (the tests compare).
+
+
+def _cat(*parts: Any) -> ColumnElement[Any]:
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.op("||")(part)
+    return type_coerce(out, String())
+
+
+def _csv_cell(col: Any, kind: str, text: Any) -> ColumnElement[Any]:
+    """One cell as pyarrow's CSV writer renders it (strings quoted, NULL empty)."""
+    if kind == BOOL:
+        return case((col == 1, "true"), (col == 0, "false"), else_="")
+    if kind in (INT, LEN):
+        value = func.length(text) if kind == LEN else col
+        return func.coalesce(type_coerce(value, String()), "")
+    if kind == TS:
+        col = _cat(func.replace(col, " ", "T"), literal("+00:00"))
+    return func.coalesce(_cat(literal('"'), func.replace(col, '"', '""'), literal('"')), "")
+
+
+def _json_value(col: Any, kind: str, text: Any) -> ColumnElement[Any]:
+    """One value as the JSONL writer renders it; ``json()`` keeps JSON's type."""
+    if kind == BOOL:
+        return case((col == 1, func.json("true")), (col == 0, func.json("false")))
+    if kind == LEN:
+        return func.length(text)
+    if kind == TS:
+        return _cat(func.replace(col, " ", "T"), literal("+00:00"))
+    if kind == JSON:
+        return case((func.json_valid(col) == 1, func.json(col)), else_=col)
+    return col  # type: ignore[no-any-return]
+
+
+def _csv_header(names: Sequence[str]) -> bytes:
+    return (",".join(f'"{n}"' for n in names) + "\n").encode("utf-8")
+
+
+def _sqlite_lines(
+    conn: Connection, query: _Query, fmt: str, size: int, redact: bool
+) -> Iterator[tuple[bytes, int]] | None:
+    """Batches of lines rendered by SQLite, with their row counts; None if it can't.
+
+    Only for plain values: redaction, or any encoded (encrypted or escaped) value
+    in the selection, takes the portable path for the whole export — checked in
+    the export's own read transaction, so the answer holds for its rows.
+    """
+    if query.ts_mode != TS_TEXT or fmt not in ("jsonl", "csv") or redact:
+        return None
+    if query.encoded is not None and conn.execute(query.encoded).first() is not None:
+        return None
+    sub = query.statement.subquery("x")
+    spec = list(zip(query.names, query.kinds, strict=True))
+    text = next((sub.c[n] for n, k in spec if k == TEXT), None)
+    if fmt == "csv":
+        cells = [_csv_cell(sub.c[n], k, text) for n, k in spec]
+        line = _cat(*[p for cell in cells for p in (literal(","), cell)][1:])
+    else:
+        args: list[Any] = []
+        for n, k in spec:
+            args += [literal(n), _json_value(sub.c[n], k, text)]
+        line = func.json_object(*args)
+    result = conn.execute(select(line).select_from(sub))
+    dbapi = conn.connection.dbapi_connection
+
+    def batches() -> Iterator[tuple[bytes, int]]:
+        old = dbapi.text_factory  # type: ignore[union-attr]
+        dbapi.text_factory = bytes  # type: ignore[union-attr]
+        try:
+            while rows := result.cursor.fetchmany(size):
+                yield b"\n".join([r[0] for r in rows]) + b"\n", len(rows)
+        finally:
+            dbapi.text_factory = old  # type: ignore[union-attr]
+            result.close()
+
+    return batches()
+
+
 # --------------------------------------------------------------------------- values
 
 
@@ -260,10 +373,6 @@ def _redact_json(text: str) -> str:
     return json.dumps(dict.fromkeys(loaded), ensure_ascii=False)
 
 
-# Stored values that Codec.decode_text changes: Fernet tokens, and plain text that
-# was escaped because it looked like one. Every other value is stored as is.
-_ENCODED = (PREFIX, PLAIN_PREFIX)
-_ENCODED_RE = f"^({PREFIX}|{PLAIN_PREFIX})"
 
 
 def _has_prefix(values: Sequence[Any]) -> bool:
@@ -374,9 +483,10 @@ class _Writer:
 
 
 class _JsonlWriter(_Writer):
-    def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
-        super().__init__(sink, query, codec, redact)
-        self.encode = dump_ready
+    """One JSON object per line, in the records' JSON form (:func:`codec.dump_lines`).
+
+    SQLite writes the same bytes on the fast path (:func:`_sqlite_lines`).
+    """
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         cols = _py_columns(self.query, _transpose(rows), self.codec, self.redact)
@@ -384,25 +494,63 @@ class _JsonlWriter(_Writer):
             if kind == JSON:
                 cols[i] = [None if v is None else _loads(v) for v in cols[i]]
         names = self.query.names
-        encode = self.encode
-        lines = [encode(dict(zip(names, row, strict=True))) for row in zip(*cols, strict=True)]
-        lines.append("")
-        self.sink.write_text("\n".join(lines))
+        records = map(dict, map(zip, itertools.repeat(names), zip(*cols, strict=True)))
+        self.sink.write_bytes(dump_lines(records))
 
 
 def _transpose(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return list(zip(*rows, strict=True))
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(token: str) -> Any:
+    """A JSON number kept as written (SQLite's ``json()`` keeps it so, too)."""
+    return _Fragment(token) if _Fragment is not None else json.loads(token)
+
+
+_decode_json = json.JSONDecoder(
+    parse_float=_number, parse_int=_number, parse_constant=_reject_constant
+).decode
+
+
 def _loads(text: str) -> Any:
+    """Stored JSON text as a value to embed; text that is not JSON stays a string.
+
+    Strict JSON only (no NaN or Infinity) and numbers kept as written, which is
+    what SQLite's ``json()`` does on the fast path.
+    """
     try:
-        return json.loads(text)
+        return _decode_json(text)
     except ValueError:
         return text  # not JSON (written by another tool): keep it as a string
 
 
+class _Bare(int):
+    """A CSV cell written unquoted: NULL as an empty field, booleans as true/false."""
+
+    text = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Bool(_Bare):
+    def __str__(self) -> str:
+        return "true" if self else "false"
+
+
+_NULL, _TRUE, _FALSE = _Bare(0), _Bool(1), _Bool(0)
+
+
 class _CsvWriter(_Writer):
-    """Python's csv module (the fallback without pyarrow)."""
+    """Python's csv module (without pyarrow), writing what pyarrow writes.
+
+    Strings quoted (``""`` for an empty one), numbers and booleans bare, NULL
+    an empty field: ``QUOTE_NONNUMERIC`` with NULL and booleans as bare numbers.
+    """
 
     def __init__(self, sink: _Sink, query: _Query, codec: Codec, redact: bool) -> None:
         super().__init__(sink, query, codec, redact)
@@ -410,14 +558,16 @@ class _CsvWriter(_Writer):
 
     def _emit(self, rows: Any) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
+        csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC).writerows(rows)
         self.sink.write_text(buf.getvalue())
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         cols = _py_columns(self.query, _transpose(rows), self.codec, self.redact)
         for i, kind in enumerate(self.query.kinds):
-            if kind == BOOL:  # as pyarrow writes them
-                cols[i] = [v if v is None else ("true" if v else "false") for v in cols[i]]
+            if kind == BOOL:
+                cols[i] = [_NULL if v is None else (_TRUE if v else _FALSE) for v in cols[i]]
+            elif None in cols[i]:
+                cols[i] = [_NULL if v is None else v for v in cols[i]]
         self._emit(zip(*cols, strict=True))
 
 
@@ -728,22 +878,39 @@ def export(
     started = time.perf_counter()
     try:
         with _open_target(path_or_file) as sink:
-            writer = _writer(fmt, sink, query, codec, redact)
-            arrow = _adbc_batches(engine, query, batch_size) if fmt != "jsonl" else None
-            if arrow is not None and isinstance(writer, _ArrowWriter):
+            # With the [export] extra, Arrow reads SQLite in C (no Python object
+            # per row at all): the fastest path for CSV and Parquet.
+            arrow = None
+            if fmt != "jsonl" and _pyarrow() is not None:
+                arrow = _adbc_batches(engine, query, batch_size)
+            if arrow is not None:
+                writer = _writer(fmt, sink, query, codec, redact)
+                assert isinstance(writer, _ArrowWriter)  # noqa: S101 - pyarrow is installed
                 for raw in _prefetched(arrow):
                     writer.write_arrow(raw)
                     written += raw.num_rows
                     if progress is not None:
                         progress(written)
+                writer.close()
             else:
                 with db.read(engine) as conn:
-                    for rows in _batches(conn, query, batch_size):
-                        writer.write(rows)
-                        written += len(rows)
-                        if progress is not None:
-                            progress(written)
-            writer.close()
+                    lines = _sqlite_lines(conn, query, fmt, batch_size, redact)
+                    if lines is not None:
+                        if fmt == "csv":
+                            sink.write_bytes(_csv_header(query.names))
+                        for data, n in _prefetched(lines):
+                            sink.write_bytes(data)
+                            written += n
+                            if progress is not None:
+                                progress(written)
+                    else:
+                        writer = _writer(fmt, sink, query, codec, redact)
+                        for rows in _batches(conn, query, batch_size):
+                            writer.write(rows)
+                            written += len(rows)
+                            if progress is not None:
+                                progress(written)
+                        writer.close()
     except StoreError as exc:
         raise StoreError(f"export of {table} failed: {exc}") from exc.__cause__
     log.info(
