@@ -112,7 +112,7 @@ def _expected(store: ThreadStore, table: str) -> list[dict[str, Any]]:
                     "started_at": _iso(r.started_at), "completed_at": _iso(r.completed_at),
                     "failed_at": _iso(r.failed_at), "last_error": r.last_error,
                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                    "total_tokens": r.total_tokens,
+                    "total_tokens": r.total_tokens, "tool_calls": list(r.tool_calls) or None,
                 })
     else:
         with store.engine.connect() as conn:

@@ -127,3 +127,9 @@ def test_chatbot_answers_and_requests_are_identical_through_the_facade(
         runs = store.runs(thread_id)
         assert [r.status for r in runs] == ["completed", "completed"]
         assert all(r.total_tokens for r in runs)
+        assert [(c["name"], c["output"]) for c in runs[0].tool_calls] == [
+            ("get_weather", "sunny, 21C")]
+        assert [(s.type, s.status) for s in store.steps(thread_id)] == [
+            ("tool_calls", "completed"), ("message_creation", "completed"),
+            ("message_creation", "completed")]
+        assert sorted(a.name or "" for a in store.assistants()) == ["chat", "weather"]

@@ -40,7 +40,7 @@ def test_every_declaration_matches_its_table() -> None:
             assert "thread_id" in columns, kind.name
         if kind.deletion_count:
             assert kind.deletion_count in deletions.c, kind.name
-    assert [k.name for k in THREAD_CHILDREN] == ["messages", "runs"]
+    assert [k.name for k in THREAD_CHILDREN] == ["messages", "runs", "run_steps"]
 
 
 def test_a_late_in_progress_snapshot_never_overwrites_a_completed_run(

@@ -18,6 +18,7 @@ STABLE_KEYS = [
     "generated_at", "older_than_seconds", "threads", "threads_active", "threads_expired",
     "threads_pinned", "threads_claimed", "threads_creating", "failed_deletions",
     "failed_max_attempts", "failed_oldest_error", "failed_next_attempt_at", "messages", "runs",
+    "run_steps", "assistants",
     "prompt_tokens", "completion_tokens", "total_tokens", "deletions_total",
     "deletions_last_day", "deletions_last_week",
 ]

@@ -29,6 +29,7 @@ never created.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import sys
@@ -46,8 +47,20 @@ from . import db
 from ._rules import ThreadStatus
 from .codec import Codec
 from .errors import StoreError
-from .models import messages, runs, threads, utcnow
-from .remote import parse_message, parse_run, parse_thread
+from .models import (
+    ASSISTANTS,
+    MESSAGES,
+    RUN_STEPS,
+    RUNS,
+    THREADS,
+    assistants,
+    messages,
+    run_steps,
+    runs,
+    threads,
+    utcnow,
+)
+from .remote import _error_text, _get, _ts, parse_message, parse_run, parse_thread
 
 __all__ = ["RUN_RANK", "Mirror"]
 
@@ -167,7 +180,7 @@ _UPDATE_MESSAGE = (
 _R = runs.c
 _RUN_FIELDS = (
     "assistant_id", "model", "started_at", "completed_at", "failed_at", "last_error",
-    "prompt_tokens", "completion_tokens", "total_tokens",
+    "prompt_tokens", "completion_tokens", "total_tokens", "tool_calls",
 )
 
 
@@ -186,6 +199,55 @@ _UPDATE_RUN = (
         # Fields an answer leaves empty keep what an earlier answer said.
         **{f: func.coalesce(_p(f, _R[f]), _R[f]) for f in _RUN_FIELDS},
     )
+)
+
+
+_RUN_TOOL_CALLS = select(_R.tool_calls).where(_R.run_id == _p("run_id", _R.run_id))
+_SET_RUN_TOOL_CALLS = (
+    update(runs)
+    .where(_R.run_id == _p("run_id", _R.run_id))
+    .values(tool_calls=_p("tool_calls", _R.tool_calls))
+)
+
+_S = run_steps.c
+_STEP_FIELDS = (
+    "assistant_id", "message_id", "tool_calls", "last_error", "prompt_tokens",
+    "completion_tokens", "total_tokens", "completed_at", "failed_at", "cancelled_at",
+    "expired_at",
+)
+
+
+def _insert_step(dialect: str) -> ClauseElement:
+    return db.insert_ignore(run_steps, dialect).values({c.name: _p(c.name, c) for c in _S})
+
+
+_UPDATE_STEP = (
+    update(run_steps)
+    .where(
+        _S.step_id == _p("step_id", _S.step_id),
+        # A step only ends: a late in_progress snapshot cannot reopen it.
+        case((_S.status == "in_progress", 0), else_=1) <= bindparam("rank"),
+    )
+    .values(
+        status=_p("status", _S.status),
+        **{f: func.coalesce(_p(f, _S[f]), _S[f]) for f in _STEP_FIELDS},
+    )
+)
+
+_A = assistants.c
+
+
+def _insert_assistant(dialect: str) -> ClauseElement:
+    return db.insert_ignore(assistants, dialect).values({c.name: _p(c.name, c) for c in _A})
+
+
+_UPDATE_ASSISTANT = (
+    update(assistants)
+    .where(_A.assistant_id == _p("assistant_id", _A.assistant_id))
+    .values({c.name: _p(c.name, c) for c in _A if c.name not in ("assistant_id", "created_at")})
+)
+_DELETE_ASSISTANT = delete(assistants).where(
+    _A.assistant_id == _p("assistant_id", _A.assistant_id)
 )
 
 
@@ -402,7 +464,8 @@ class Mirror:
         for tid in involved:
             self._thread_row(tx, tid, workspace, now, active=active)
         for t in parsed_threads:
-            tx.run(_SET_THREAD_META, tid=t.id, meta=self.codec.encode_json(t.metadata))
+            tx.run(_SET_THREAD_META, tid=t.id,
+                   meta=THREADS.row({"metadata": t.metadata}, self.codec)["metadata"])
         if parsed_messages:
             self._messages(tx, parsed_messages, now)
         if parsed_runs:
@@ -431,15 +494,20 @@ class Mirror:
             if previous is not None and at <= previous:
                 at = previous + timedelta(microseconds=1)
             previous = at
-            meta = self.codec.encode_json(m.metadata)
-            content = self.codec.encode_text(m.content) if m.content else None
-            inserted = tx.run(
-                _insert_message, message_id=m.id, thread_id=m.thread_id, role=m.role,
-                content=content or self.codec.encode_text(""), created_at=at,
-                run_id=m.run_id, assistant_id=m.assistant_id, metadata=meta,
+            row = MESSAGES.row(
+                {
+                    "message_id": m.id, "thread_id": m.thread_id, "role": m.role,
+                    "content": m.content or None, "created_at": at, "run_id": m.run_id,
+                    "assistant_id": m.assistant_id, "metadata": m.metadata,
+                },
+                self.codec,
             )
-            if not inserted:
-                tx.run(_UPDATE_MESSAGE, message_id=m.id, metadata=meta, content=content)
+            content = row["content"]
+            if content is None:
+                row["content"] = self.codec.encode_text("")
+            if not tx.run(_insert_message, **row):
+                tx.run(_UPDATE_MESSAGE, message_id=m.id, metadata=row["metadata"],
+                       content=content)
 
     def _runs(self, tx: _Tx, items: Sequence[Any], now: datetime, *, fresh: bool) -> None:
         latest: dict[str, Any] = {}
@@ -448,7 +516,11 @@ class Mirror:
             if seen is None or RUN_RANK.get(r.status, 0) >= RUN_RANK.get(seen.status, 0):
                 latest[r.id] = r
         for r in latest.values():
-            values = {f: getattr(r, f) for f in _RUN_FIELDS}
+            values = {f: getattr(r, f, None) for f in _RUN_FIELDS}
+            calls = _tool_calls(_get(_get(_get(r.raw, "required_action"),
+                                          "submit_tool_outputs"), "tool_calls"))
+            values["tool_calls"] = json.dumps(calls, ensure_ascii=False) if calls else None
+            values = RUNS.row(values, self.codec)
             rank = RUN_RANK.get(r.status, 0)
             if not fresh and tx.run(_UPDATE_RUN, run_id=r.id, status=r.status, rank=rank,
                                     **values):
@@ -462,16 +534,98 @@ class Mirror:
 
     # ------------------------------------------------------------------ steps, assistants
 
+    def record_outputs(
+        self, tx: _Tx, *, run_id: str, thread_id: str, outputs: Sequence[Any]
+    ) -> None:
+        """Add the tool outputs the caller submitted to the run's tool calls."""
+        found = tx.first(_RUN_TOOL_CALLS, run_id=run_id)
+        if found is None:
+            return
+        text = RUNS.plain({"tool_calls": found[0]}, self.codec)["tool_calls"]
+        loaded = json.loads(text) if text else []
+        calls = [c for c in loaded if isinstance(c, dict)] if isinstance(loaded, list) else []
+        by_id = {c.get("id"): c for c in calls}
+        for item in outputs:
+            call_id, output = _get(item, "tool_call_id"), _get(item, "output")
+            if call_id in by_id:
+                by_id[call_id]["output"] = output
+            else:
+                calls.append({"id": call_id, "output": output})
+        stored = RUNS.row({"tool_calls": json.dumps(calls, ensure_ascii=False)}, self.codec)
+        tx.run(_SET_RUN_TOOL_CALLS, run_id=run_id, tool_calls=stored["tool_calls"])
+
     def record_steps(self, tx: _Tx, *, workspace: str | None, steps: Sequence[Any]) -> None:
-        """Upsert run steps (with their tool calls and usage)."""
+        """Upsert run steps (with their tool calls and usage); a step never reopens."""
+        now = utcnow()
+        for step in steps:
+            step_id, thread_id = _get(step, "id"), _get(step, "thread_id")
+            if not isinstance(step_id, str) or not isinstance(thread_id, str):
+                continue
+            self._thread_row(tx, thread_id, workspace, now, active=False)
+            details = _get(step, "step_details")
+            usage = _get(step, "usage")
+            calls = _tool_calls(_get(details, "tool_calls"))
+            status = str(_get(step, "status") or "in_progress")
+            values = RUN_STEPS.row(
+                {
+                    "step_id": step_id,
+                    "run_id": str(_get(step, "run_id") or ""),
+                    "thread_id": thread_id,
+                    "assistant_id": _get(step, "assistant_id"),
+                    "type": str(_get(step, "type") or _get(details, "type") or "unknown"),
+                    "status": status,
+                    "message_id": _get(_get(details, "message_creation"), "message_id"),
+                    "tool_calls": json.dumps(calls, ensure_ascii=False) if calls else None,
+                    "last_error": _error_text(_get(step, "last_error")),
+                    "prompt_tokens": _int(_get(usage, "prompt_tokens")),
+                    "completion_tokens": _int(_get(usage, "completion_tokens")),
+                    "total_tokens": _int(_get(usage, "total_tokens")),
+                    "created_at": _ts(_get(step, "created_at")) or now,
+                    "completed_at": _ts(_get(step, "completed_at")),
+                    "failed_at": _ts(_get(step, "failed_at")),
+                    "cancelled_at": _ts(_get(step, "cancelled_at")),
+                    "expired_at": _ts(_get(step, "expired_at")),
+                },
+                self.codec,
+            )
+            if not tx.run(_insert_step, **values):
+                rank = 0 if status == "in_progress" else 1
+                changes = {f: values[f] for f in _STEP_FIELDS}
+                tx.run(_UPDATE_STEP, step_id=step_id, status=status, rank=rank, **changes)
 
     def record_assistants(
         self, tx: _Tx, *, workspace: str | None, assistants: Sequence[Any]
     ) -> None:
-        """Upsert assistants, in the workspace of the call."""
+        """Upsert assistants, in the workspace of the call (the latest answer wins)."""
+        now = utcnow()
+        for item in assistants:
+            assistant_id = _get(item, "id")
+            if not isinstance(assistant_id, str):
+                continue
+            tools = [_plain(t) for t in (_get(item, "tools") or [])]
+            metadata = _get(item, "metadata")
+            values = ASSISTANTS.row(
+                {
+                    "assistant_id": assistant_id,
+                    "workspace": workspace,
+                    "name": _get(item, "name"),
+                    "model": _get(item, "model"),
+                    "description": _get(item, "description"),
+                    "instructions": _get(item, "instructions"),
+                    "tools": json.dumps(tools, ensure_ascii=False),
+                    "metadata": dict(metadata) if isinstance(metadata, Mapping) else {},
+                    "created_at": _ts(_get(item, "created_at")) or now,
+                    "seen_at": now,
+                },
+                self.codec,
+            )
+            if not tx.run(_insert_assistant, **values):
+                values.pop("created_at")
+                tx.run(_UPDATE_ASSISTANT, **values)
 
     def forget_assistant(self, tx: _Tx, *, assistant_id: str) -> None:
         """DashScope confirmed the assistant's delete: remove its row."""
+        tx.run(_DELETE_ASSISTANT, assistant_id=assistant_id)
 
     # ------------------------------------------------------------------ write-behind
 
@@ -549,3 +703,39 @@ class Mirror:
         if writer is not None and writer.is_alive():
             self._queue.put(None)
             writer.join()
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _plain(obj: Any) -> Any:
+    """An SDK object (or a mapping, list …) as plain JSON-able values."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__dict__"):
+        return {k: _plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
+    return obj
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """Tool calls (of a required action or a step) as ``{id, type, name, arguments, output}``."""
+    out: list[dict[str, Any]] = []
+    for call in calls or ():
+        function = _get(call, "function")
+        entry: dict[str, Any] = {"id": _get(call, "id"), "type": _get(call, "type")}
+        if function is not None:
+            entry |= {
+                "name": _get(function, "name"),
+                "arguments": _get(function, "arguments"),
+                "output": _get(function, "output"),
+            }
+        else:
+            details = _plain(call)
+            details.pop("id", None)
+            details.pop("type", None)
+            entry |= details
+        out.append(entry)
+    return out

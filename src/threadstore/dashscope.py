@@ -212,6 +212,7 @@ def _mirrored_stream(
     workspace: str | None,
     thread_id: str | None,
     intent_id: str | None = None,
+    outputs: Json | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Yield the SDK's events unchanged, each mirrored before it is handed on.
 
@@ -221,6 +222,9 @@ def _mirrored_stream(
     active = True  # the first write of a run moves last_active
     try:
         for event, obj in events:
+            if outputs is not None and event in _RUN_EVENTS | _STEP_EVENTS:
+                _observe(op, "record_outputs", **outputs)  # DashScope took them
+                outputs = None
             if event == "thread.created" and intent_id is not None:
                 new_id = getattr(obj, "id", None)
                 if isinstance(new_id, str):
@@ -716,8 +720,15 @@ class Runs:
             run_id, thread_id=thread_id, tool_outputs=tool_outputs, stream=stream,
             workspace=workspace, extra_body=extra_body, api_key=api_key, **kwargs,
         )
-        return _run_answer("runs.submit_tool_outputs", result, workspace, thread_id,
-                           active=True, stream=stream)
+        op = "runs.submit_tool_outputs"
+        outputs = {"run_id": run_id, "thread_id": thread_id, "outputs": list(tool_outputs)}
+        if stream:
+            return _mirrored_stream(op, result, workspace=workspace, thread_id=thread_id,
+                                    outputs=outputs)
+        answer = _run_answer(op, result, workspace, thread_id, active=True)
+        if _ok(result):
+            _observe(op, "record_outputs", **outputs)
+        return answer
 
     @classmethod
     def wait(

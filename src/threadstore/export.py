@@ -89,7 +89,7 @@ from .models import kind as declared_kind
 
 __all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "export"]
 
-TABLES = tuple(k.name for k in KINDS)
+TABLES = tuple(name for k in KINDS for name in (k.name, *k.aliases))
 FORMATS = ("jsonl", "csv", "parquet")
 BATCH = 5000
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ except ImportError:  # pragma: no cover - the json module's own floats round-tri
 
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
-COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {k.name: k.export for k in KINDS}
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    name: k.export for k in KINDS for name in (k.name, *k.aliases)
+}
 """Each table's export columns and their types, from the kinds' declarations."""
 
 Progress = Callable[[int], None]

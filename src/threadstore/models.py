@@ -24,6 +24,7 @@ Thread-state rules (statuses, expiry, lease) live in :mod:`threadstore._rules`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
@@ -56,21 +57,27 @@ if TYPE_CHECKING:
     from .codec import Codec
 
 __all__ = [
+    "ASSISTANTS",
     "DELETIONS",
     "KINDS",
     "MESSAGES",
     "RUNS",
+    "RUN_STEPS",
     "THREADS",
     "THREAD_CHILDREN",
+    "AssistantRecord",
     "Kind",
     "MessageRecord",
     "RunRecord",
+    "RunStepRecord",
     "ThreadRecord",
     "UTCDateTime",
+    "assistants",
     "deletions",
     "kind",
     "messages",
     "metadata",
+    "run_steps",
     "runs",
     "threads",
     "utcnow",
@@ -195,7 +202,57 @@ runs = Table(
     Column("prompt_tokens", Integer(), nullable=True),
     Column("completion_tokens", Integer(), nullable=True),
     Column("total_tokens", Integer(), nullable=True),
+    # JSON list: the calls the run asked for in requires_action, with the outputs given.
+    Column("tool_calls", Text(), nullable=True),
     Index(None, "thread_id", "created_at"),
+    Index(None, "created_at"),
+)
+
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("step_id", String(ID), primary_key=True),
+    Column("run_id", String(ID), nullable=False),
+    Column(
+        "thread_id",
+        String(ID),
+        ForeignKey("threads.thread_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("assistant_id", String(ID), nullable=True),
+    Column("type", String(32), nullable=False),  # message_creation | tool_calls
+    Column("status", String(32), nullable=False),
+    Column("message_id", String(ID), nullable=True),  # what a message_creation step wrote
+    # JSON list of {id, type, name, arguments, output}: tool calls live with their step.
+    Column("tool_calls", Text(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Column("prompt_tokens", Integer(), nullable=True),
+    Column("completion_tokens", Integer(), nullable=True),
+    Column("total_tokens", Integer(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=True),
+    Column("cancelled_at", UTCDateTime(), nullable=True),
+    Column("expired_at", UTCDateTime(), nullable=True),
+    Index(None, "thread_id", "created_at"),
+    Index(None, "run_id"),
+    Index(None, "created_at"),
+)
+
+assistants = Table(
+    "assistants",
+    metadata,
+    Column("assistant_id", String(ID), primary_key=True),
+    Column("workspace", String(NAME), nullable=True),
+    Column("name", String(NAME), nullable=True),
+    Column("model", String(128), nullable=True),
+    Column("description", Text(), nullable=True),
+    Column("instructions", Text(), nullable=True),
+    Column("tools", Text(), nullable=True),  # JSON list, as DashScope holds it
+    Column("metadata", Text(), nullable=False, server_default=text("'{}'")),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False),  # last time an answer showed it
+    Index(None, "workspace", "created_at"),
     Index(None, "created_at"),
 )
 
@@ -279,8 +336,51 @@ class RunRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
     # Not a column: the messages this run added (not part of its JSON form).
     messages: tuple[MessageRecord, ...] = field(default=(), metadata={"json": False})
+
+
+@dataclass(frozen=True)
+class RunStepRecord:
+    """A mirrored run step: what the run did (wrote a message, called tools), with usage.
+
+    ``tool_calls`` are dicts ``{id, type, name, arguments, output}``.
+    """
+
+    step_id: str
+    run_id: str
+    thread_id: str
+    type: str
+    status: str
+    created_at: datetime
+    assistant_id: str | None = None
+    message_id: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    last_error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    expired_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AssistantRecord:
+    """A mirrored assistant, in the workspace it lives in; ``tools`` as DashScope holds them."""
+
+    assistant_id: str
+    workspace: str | None
+    created_at: datetime
+    seen_at: datetime
+    name: str | None = None
+    model: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- declarations
@@ -330,6 +430,7 @@ class Kind:
     progress: Callable[[Mapping[str, Any]], Any] | None = None
     refresh: bool = True
     adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    aliases: tuple[str, ...] = ()  # other names the export accepts (``steps``)
 
     @property
     def id(self) -> Column[Any]:
@@ -467,6 +568,31 @@ def _run_progress(row: Mapping[str, Any]) -> int:
     return _RUN_RANK.get(row["status"], 0)
 
 
+def _step_progress(row: Mapping[str, Any]) -> int:
+    return 0 if row["status"] == "in_progress" else 1  # a step only ends
+
+
+def _json_list(text: str | None) -> tuple[dict[str, Any], ...]:
+    """A JSON list column (decoded) as a tuple of dicts."""
+    if not text:
+        return ()
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(x for x in loaded if isinstance(x, dict)) if isinstance(loaded, list) else ()
+
+
+def _with_tool_calls(values: dict[str, Any]) -> dict[str, Any]:
+    values["tool_calls"] = _json_list(values.get("tool_calls"))
+    return values
+
+
+def _assistant_record(values: dict[str, Any]) -> dict[str, Any]:
+    values["tools"] = _json_list(values.get("tools"))
+    return values
+
+
 THREADS = Kind(
     name="threads",
     table=threads,
@@ -527,6 +653,8 @@ RUNS = Kind(
     child_of_thread=True,
     deletion_count="run_count",
     progress=_run_progress,
+    encrypted_text=("tool_calls",),
+    adapt=_with_tool_calls,
     export=(
         ("run_id", STR),
         ("thread_id", STR),
@@ -541,6 +669,64 @@ RUNS = Kind(
         ("prompt_tokens", INT),
         ("completion_tokens", INT),
         ("total_tokens", INT),
+        ("tool_calls", JSON),
+    ),
+)
+
+# Tool calls are not a kind of their own: they are JSON on the run that asked for
+# them (runs.tool_calls) and on the step that made them (run_steps.tool_calls).
+RUN_STEPS = Kind(
+    name="run_steps",
+    table=run_steps,
+    id_column="step_id",
+    time_column="created_at",
+    record=RunStepRecord,
+    child_of_thread=True,
+    progress=_step_progress,
+    aliases=("steps",),
+    encrypted_text=("tool_calls", "last_error"),
+    adapt=_with_tool_calls,
+    export=(
+        ("step_id", STR),
+        ("run_id", STR),
+        ("thread_id", STR),
+        ("assistant_id", STR),
+        ("type", STR),
+        ("status", STR),
+        ("message_id", STR),
+        ("tool_calls", JSON),
+        ("last_error", TEXT),
+        ("prompt_tokens", INT),
+        ("completion_tokens", INT),
+        ("total_tokens", INT),
+        ("created_at", TS),
+        ("completed_at", TS),
+        ("failed_at", TS),
+        ("cancelled_at", TS),
+        ("expired_at", TS),
+    ),
+)
+
+ASSISTANTS = Kind(
+    name="assistants",
+    table=assistants,
+    id_column="assistant_id",
+    time_column="created_at",
+    record=AssistantRecord,
+    encrypted_text=("description", "instructions", "tools"),
+    encrypted_json=("metadata",),
+    adapt=_assistant_record,
+    export=(
+        ("assistant_id", STR),
+        ("workspace", STR),
+        ("name", STR),
+        ("model", STR),
+        ("description", TEXT),
+        ("instructions", TEXT),
+        ("tools", JSON),
+        ("metadata", JSON),
+        ("created_at", TS),
+        ("seen_at", TS),
     ),
 )
 
@@ -565,13 +751,13 @@ DELETIONS = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, DELETIONS)
+KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, RUN_STEPS, ASSISTANTS, DELETIONS)
 """Every declared kind, in export order. A new kind is declared above and added here."""
 THREAD_CHILDREN: tuple[Kind, ...] = tuple(k for k in KINDS if k.child_of_thread)
 """The kinds removed, archived and counted with their thread."""
-_BY_NAME = {k.name: k for k in KINDS}
+_BY_NAME = {name: k for k in KINDS for name in (k.name, *k.aliases)}
 
 
 def kind(name: str) -> Kind:
-    """The kind declared as ``name`` (KeyError if none)."""
+    """The kind declared as ``name`` or one of its aliases (KeyError if none)."""
     return _BY_NAME[name]

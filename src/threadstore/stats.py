@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from . import _rules as rules
 from .errors import ConfigError
-from .models import deletions, messages, runs, threads, utcnow
+from .models import assistants, deletions, messages, run_steps, runs, threads, utcnow
 
 __all__ = ["Stats", "ThreadCounts", "compute", "thread_counts"]
 
@@ -39,6 +39,7 @@ class Stats:
     fail and wait for a retry: the earliest retry is due at
     ``failed_next_attempt_at`` and ``failed_oldest_error`` is that row's error.
     ``deletions_last_day`` / ``deletions_last_week`` count the deletion log.
+    ``run_steps`` and ``assistants`` count what the facade mirrored of those.
     """
 
     generated_at: datetime
@@ -55,6 +56,8 @@ class Stats:
     failed_next_attempt_at: datetime | None
     messages: int
     runs: int
+    run_steps: int
+    assistants: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -108,6 +111,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         .limit(1)
     ).first()
     n_messages = conn.execute(select(func.count()).select_from(messages)).scalar_one()
+    n_steps = conn.execute(select(func.count()).select_from(run_steps)).scalar_one()
+    n_assistants = conn.execute(select(func.count()).select_from(assistants)).scalar_one()
     usage = conn.execute(
         select(
             func.count(),
@@ -139,6 +144,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         failed_next_attempt_at=failed[1] if failed else None,
         messages=_int(n_messages),
         runs=_int(usage[0]),
+        run_steps=_int(n_steps),
+        assistants=_int(n_assistants),
         prompt_tokens=_int(usage[1]),
         completion_tokens=_int(usage[2]),
         total_tokens=_int(usage[3]),

@@ -60,20 +60,25 @@ from .errors import (
 from .export import Progress
 from .export import export as export_table
 from .models import (
+    ASSISTANTS,
     KINDS,
     MESSAGES,
+    RUN_STEPS,
     RUNS,
     THREAD_CHILDREN,
     THREADS,
+    AssistantRecord,
     Kind,
     MessageRecord,
     RunRecord,
+    RunStepRecord,
     ThreadRecord,
     messages,
     runs,
     threads,
     utcnow,
 )
+from .models import assistants as assistants_table
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
 from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
 from .stats import compute as compute_stats
@@ -727,6 +732,20 @@ class ThreadStore:
     def runs(self, thread_id: str) -> list[RunRecord]:
         """The thread's mirrored runs, oldest first."""
         return self._records(RUNS, thread_id, None)
+
+    def steps(self, thread_id: str) -> list[RunStepRecord]:
+        """The thread's mirrored run steps (with their tool calls), oldest first."""
+        return self._records(RUN_STEPS, thread_id, None)
+
+    def assistants(self, *, workspace: str | None = None) -> list[AssistantRecord]:
+        """Mirrored assistants (of ``workspace``, if given), oldest first."""
+        query = select(assistants_table).order_by(
+            assistants_table.c.created_at, assistants_table.c.assistant_id
+        )
+        if workspace is not None:
+            query = query.where(assistants_table.c.workspace == workspace)
+        with self._read() as conn:
+            return [ASSISTANTS.to_record(r, self.codec) for r in conn.execute(query).mappings()]
 
     def children(self, thread_id: str) -> dict[str, list[Any]]:
         """Everything mirrored under the thread, per kind (``messages``, ``runs``, …).
