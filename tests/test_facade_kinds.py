@@ -90,7 +90,7 @@ def test_tool_calls_are_mirrored_on_the_run_and_its_steps(
 ) -> None:
     """requires_action's calls (name, arguments) land on the run, outputs too; steps with usage."""
     module, url = facade
-    thread_id, run_id = _tool_turn(module)
+    thread_id, _ = _tool_turn(module)
     with _mirror(url) as store:
         (run,) = store.runs(thread_id)
         assert run.status == "completed"
