@@ -670,6 +670,10 @@ class ThreadStore:
             *self._thread_filter(user_id, workspace, inactive_for, pinned)
         )
         query = query.order_by(threads.c.last_active.desc(), threads.c.thread_id)
+        # Read in last_active order through the narrowest index that has it, so
+        # ``limit`` rows cost about ``limit`` reads on a store of any size.
+        by = "user_id" if user_id is not None else "workspace" if workspace is not None else None
+        query = db.walk_index(query, threads, *([by] if by else []), "last_active")
         if limit is not None:
             if limit < 0:
                 raise ConfigError("limit must not be negative")

@@ -53,11 +53,10 @@ from typing import IO, Any
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
+    Select,
     delete,
     func,
     insert,
-    not_,
     or_,
     select,
     update,
@@ -287,7 +286,10 @@ class SweepReport:
       proxy, key or workspace) stopped the sweep; ``error`` names the likely
       cause; nothing was dropped for them;
     * ``interrupted`` — stopped on request before the end;
-    * ``would_delete`` — in a dry run, the ids that would be deleted.
+    * ``would_delete`` — in a dry run, the ids that would be deleted;
+    * ``skipped_at_least`` — ``skipped`` is a lower bound: with a ``limit``, the
+      rows behind it are counted only up to :data:`SKIPPED_BOUND` beyond the
+      limit, so that a small sweep costs the same on a store of any size.
     """
 
     expired: int = 0
@@ -306,6 +308,7 @@ class SweepReport:
     auth_error: RemoteAuthError | None = field(default=None, compare=False, repr=False)
     stopped_untrusted: bool = False
     trust_error: UntrustedNotFound | None = field(default=None, compare=False, repr=False)
+    skipped_at_least: bool = False
 
     @property
     def ok(self) -> bool:
@@ -319,14 +322,15 @@ class SweepReport:
 
     def summary(self) -> str:
         """One line for humans."""
+        skipped = f"at least {self.skipped}" if self.skipped_at_least else str(self.skipped)
         if self.dry_run:
             return (
                 f"dry run: {self.expired} expired thread(s) would be deleted, "
-                f"{self.skipped} skipped ({self.elapsed:.2f} s)"
+                f"{skipped} skipped ({self.elapsed:.2f} s)"
             )
         text = (
             f"{self.expired} expired: {self.deleted} deleted, {self.already_gone} already gone, "
-            f"{len(self.failed)} failed (kept for retry), {self.skipped} skipped"
+            f"{len(self.failed)} failed (kept for retry), {skipped} skipped"
         )
         if self.lease_lost:
             text += f", {self.lease_lost} handed over"
@@ -460,12 +464,7 @@ def _claim(
 ) -> list[tuple[str, str | None, int]]:
     """Lease up to ``size`` claimable expired rows to ``owner``: (id, workspace, attempts)."""
     now = utcnow()
-    candidates = (
-        select(threads.c.thread_id)
-        .where(rules.claimable(now=now, cutoff=cutoff, started=started))
-        .order_by(threads.c.last_active, threads.c.thread_id)
-        .limit(size)
-    )
+    candidates = _candidates(now=now, cutoff=cutoff, started=started).limit(size)
     values = {"lease_owner": owner, "lease_expires_at": now + lease}
     columns = (threads.c.thread_id, threads.c.workspace, threads.c.attempts)
     if conn.dialect.name == "sqlite" and conn.dialect.update_returning:
@@ -489,17 +488,55 @@ def _claim(
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
-def _count_blocked(conn: Connection, *, cutoff: datetime, started: datetime) -> int:
-    """Expired rows that this sweep must leave alone: backing off, or leased."""
-    query = (
-        select(func.count())
-        .select_from(threads)
-        .where(
-            rules.expired(now=started, cutoff=cutoff),
-            not_(and_(rules.not_backing_off(started), rules.lease_free(utcnow()))),
-        )
+SKIPPED_BOUND = 1000
+"""With a limit, how far beyond it a sweep counts the expired rows it leaves."""
+
+
+def _count(conn: Connection, query: Select[Any], at_most: int | None) -> tuple[int, bool]:
+    """Rows of ``query``, counted up to ``at_most``: (count, True if it stopped there)."""
+    if at_most is None:
+        inner = query.with_only_columns(func.count()).order_by(None)
+        return int(conn.execute(inner).scalar_one()), False
+    bounded = query.with_only_columns(threads.c.thread_id).order_by(None).limit(at_most)
+    n = int(conn.execute(select(func.count()).select_from(bounded.subquery())).scalar_one())
+    return n, n >= at_most
+
+
+def _count_blocked(
+    conn: Connection, *, cutoff: datetime, started: datetime, at_most: int | None
+) -> tuple[int, bool]:
+    """Expired rows that this sweep must leave alone: backing off, or leased.
+
+    Found through the retry and lease indexes (two disjoint counts), so the cost
+    follows the blocked rows, not the expired ones.
+    """
+    expired = rules.expired(now=started, cutoff=cutoff)
+    now = utcnow()
+    backing_off = db.walk_index(
+        select(threads.c.thread_id).where(expired, threads.c.next_attempt_at > started),
+        threads,
+        "next_attempt_at",
     )
-    return int(conn.execute(query).scalar_one())
+    leased = db.walk_index(
+        select(threads.c.thread_id).where(
+            expired, rules.lease_live(now), rules.not_backing_off(started)
+        ),
+        threads,
+        "lease_expires_at",
+    )
+    a, a_capped = _count(conn, backing_off, at_most)
+    b, b_capped = _count(conn, leased, at_most)
+    return a + b, a_capped or b_capped
+
+
+def _candidates(*, now: datetime, cutoff: datetime, started: datetime) -> Select[Any]:
+    """Claimable expired rows, oldest activity first (the order sweeps take them in)."""
+    query = (
+        select(threads.c.thread_id)
+        .where(rules.claimable(now=now, cutoff=cutoff, started=started))
+        .order_by(threads.c.last_active, threads.c.thread_id)
+    )
+    return db.walk_index(query, threads, "last_active")
 
 
 def _check_options(
@@ -590,20 +627,17 @@ def sweep_expired(
     clock = time.monotonic()
     started = now or utcnow()
     cutoff = started - older_than
+    # With a limit, the counts behind ``skipped`` and progress stop at a bound,
+    # so a small sweep (or dry run) costs the same on a store of any size.
+    at_most = None if limit is None else limit + SKIPPED_BOUND
     with db.read(engine) as conn:
-        blocked = _count_blocked(conn, cutoff=cutoff, started=started)
-        claimable = select(func.count()).select_from(threads).where(
-            rules.claimable(now=utcnow(), cutoff=cutoff, started=started)
+        blocked, blocked_capped = _count_blocked(
+            conn, cutoff=cutoff, started=started, at_most=None if limit is None else SKIPPED_BOUND
         )
-        total = int(conn.execute(claimable).scalar_one())
+        candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
+        total, total_capped = _count(conn, candidates, at_most)
         if dry_run:
-            query = (
-                select(threads.c.thread_id)
-                .where(rules.claimable(now=utcnow(), cutoff=cutoff, started=started))
-                .order_by(threads.c.last_active, threads.c.thread_id)
-            )
-            if limit is not None:
-                query = query.limit(limit)
+            query = candidates if limit is None else candidates.limit(limit)
             ids = tuple(conn.execute(query).scalars())
     if dry_run:
         return SweepReport(
@@ -612,6 +646,7 @@ def sweep_expired(
             elapsed=time.monotonic() - clock,
             dry_run=True,
             would_delete=ids,
+            skipped_at_least=blocked_capped or total_capped,
         )
     if limit is not None:
         total = min(total, limit)
@@ -655,6 +690,7 @@ def sweep_expired(
         auth_error=report.auth_error,
         stopped_untrusted=report.stopped_untrusted,
         trust_error=report.trust_error,
+        skipped_at_least=blocked_capped,
     )
     # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
     # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.

@@ -1,0 +1,102 @@
+"""Operations with a limit cost the same on a store of any size (issue 14).
+
+Not timed: the proofs are the reports' bounded counts and SQLite's query plans
+(``EXPLAIN QUERY PLAN``), which say whether a query reads rows in index order and
+stops at its limit, or sorts every matching row first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, update
+
+from threadstore import ThreadStore
+from threadstore import sweep as sweep_module
+from threadstore.models import threads, utcnow
+from threadstore.testing import FakeRemote
+
+
+@pytest.fixture
+def idle_store(sqlite_url: str) -> Iterator[ThreadStore]:
+    """Twelve threads idle for two days, two of them backing off after a failure."""
+    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+        ids = [store.create_thread(user_id=f"u{i % 2}").thread_id for i in range(12)]
+        with store.engine.begin() as conn:
+            conn.execute(update(threads).values(last_active=utcnow() - timedelta(days=2)))
+            conn.execute(
+                update(threads)
+                .where(threads.c.thread_id.in_(ids[:2]))
+                .values(attempts=1, next_attempt_at=utcnow() + timedelta(hours=1))
+            )
+        yield store
+
+
+def test_dry_run_with_a_limit_counts_skipped_only_up_to_a_bound(
+    idle_store: ThreadStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --limit, 'skipped' is a lower bound past SKIPPED_BOUND, and says so."""
+    monkeypatch.setattr(sweep_module, "SKIPPED_BOUND", 3)
+    report = idle_store.sweep(timedelta(days=1), dry_run=True, limit=2)
+    assert (report.expired, len(report.would_delete)) == (2, 2)
+    # 2 backing off (under the bound of 3) + 3 of the 8 claimable beyond the limit.
+    assert report.skipped == 5
+    assert report.skipped_at_least
+    assert "at least 5 skipped" in report.summary()
+    assert report.to_dict()["skipped_at_least"] is True
+
+    exact = idle_store.sweep(timedelta(days=1), dry_run=True)
+    assert (exact.expired, exact.skipped, exact.skipped_at_least) == (10, 2, False)
+    assert "at least" not in exact.summary()
+    roomy = idle_store.sweep(timedelta(days=1), dry_run=True, limit=9)
+    assert (roomy.expired, roomy.skipped, roomy.skipped_at_least) == (9, 3, False)
+
+
+def _plans(store: ThreadStore, run: Any) -> list[str]:
+    """The query plans of the statements on ``threads`` that ``run()`` executes."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "threads" in statement and statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            seen.append((statement, params))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    plans = []
+    with store.engine.connect() as conn:
+        for statement, params in seen:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+            plans.append("\n".join(str(r[-1]) for r in rows))
+    return plans
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["list", "list by user", "count at most", "dry run with a limit", "sweep with a limit"],
+)
+def test_limited_operations_read_in_index_order_on_sqlite(
+    idle_store: ThreadStore, operation: str
+) -> None:
+    """No full sort of the threads table: rows come in index order and stop at the limit."""
+    run = {
+        "list": lambda: idle_store.list_threads(limit=3),
+        "list by user": lambda: idle_store.list_threads(user_id="u1", limit=3),
+        "count at most": lambda: idle_store.count_threads(at_most=3),
+        "dry run with a limit": lambda: idle_store.sweep(
+            timedelta(days=1), dry_run=True, limit=3
+        ),
+        "sweep with a limit": lambda: idle_store.sweep(timedelta(days=1), limit=3),
+    }[operation]
+    plans = _plans(idle_store, run)
+    assert plans
+    for plan in plans:
+        assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+        for line in plan.splitlines():
+            if " threads" in line and line.startswith(("SCAN", "SEARCH")):
+                assert "INDEX" in line, plan
