@@ -34,6 +34,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -82,6 +83,8 @@ _ACTIVE = str(ThreadStatus.ACTIVE)
 _CREATING = str(ThreadStatus.CREATING)
 _BATCH = 200
 """Most observations written in one transaction."""
+_GATHER = 0.005
+"""Seconds the writer waits for more observations to share a transaction with."""
 
 
 Statement = ClauseElement | Callable[[str], ClauseElement]
@@ -658,6 +661,7 @@ class Mirror:
             waiters: list[threading.Event] = []
             stop = False
             item = self._queue.get()
+            deadline = time.monotonic() + _GATHER
             while True:
                 if isinstance(item, threading.Event):
                     waiters.append(item)
@@ -665,10 +669,10 @@ class Mirror:
                     stop = True
                 else:
                     batch.append(item)
-                if stop or len(batch) >= _BATCH:
+                if stop or waiters or len(batch) >= _BATCH:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
             self._apply(batch)
