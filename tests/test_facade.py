@@ -345,3 +345,24 @@ def test_mirror_failures_are_logged_and_counted_never_raised(
     assert (msg.status_code, msg.content[0].text.value) == (200, "still sent")
     assert facade_module.mirror_failures()["messages.create"] == before + 1
     assert "mirror write failed" in caplog.text
+
+
+def test_a_create_the_mirror_cannot_record_is_never_sent(
+    facade: tuple[ModuleType, str], emulator: Emulator
+) -> None:
+    """With the database unusable, Threads.create raises StoreError and sends nothing."""
+    from sqlalchemy import text
+
+    from threadstore import dashscope as facade_module
+    from threadstore.errors import StoreError
+
+    store, _ = facade_module._store()
+    cascade = " CASCADE" if store.engine.dialect.name == "postgresql" else ""
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE run_steps"))
+        conn.execute(text(f"DROP TABLE threads{cascade}"))
+    emulator.capture = True
+    with pytest.raises(StoreError):
+        facade_module.Threads.create(metadata={"a": "b"})
+    assert emulator.requests == ()
+    assert emulator.thread_ids() == []

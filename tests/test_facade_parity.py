@@ -16,6 +16,7 @@ from typing import Any
 
 import dashscope
 import pytest
+import requests
 
 from threadstore import ThreadStore
 from threadstore.testing import Emulator, FakeRemote
@@ -133,3 +134,46 @@ def test_chatbot_answers_and_requests_are_identical_through_the_facade(
             ("tool_calls", "completed"), ("message_creation", "completed"),
             ("message_creation", "completed")]
         assert sorted(a.name or "" for a in store.assistants()) == ["chat", "weather"]
+
+
+def failures(ds: Any, emu: Emulator) -> list[Any]:
+    """DashScope saying no, and the network failing, as an app sees them."""
+    seen: list[Any] = []
+    thread = ds.Threads.create(api_key=KEY)
+    emu.fail("threads.create", status=500, times=1)
+    emu.fail("messages.create", status=429, retry_after=3, times=1)
+    emu.fail("runs.retrieve", status=503, times=1)
+    for result in (
+        ds.Threads.create(metadata={"a": "b"}, api_key=KEY),
+        ds.Messages.create(thread.id, content="x", api_key=KEY),
+        ds.Runs.retrieve("run_missing", thread_id=thread.id, api_key=KEY),
+        ds.Runs.retrieve("run_missing", thread_id=thread.id, api_key=KEY),
+        ds.Threads.delete("thread_missing", api_key=KEY),
+        ds.Assistants.retrieve("asst_missing", api_key=KEY),
+        ds.Steps.list("run_missing", thread_id=thread.id, api_key=KEY),
+    ):
+        seen.append((type(result).__name__, result.status_code, result.code, result.message))
+    emu.fail("runs.create", drop=True, times=1)
+    with pytest.raises(requests.ConnectionError) as caught:
+        ds.Runs.create(thread.id, assistant_id="asst_1", api_key=KEY)
+    seen.append(type(caught.value).__name__)
+    return seen
+
+
+def test_failures_look_exactly_like_the_sdks(
+    facade: tuple[ModuleType, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Error objects and exceptions through the facade are the SDK's, request for request."""
+    module, _ = facade
+    plain = SimpleNamespace(**{n: getattr(dashscope, n) for n in
+                               ("Assistants", "Threads", "Messages", "Runs", "Steps")})
+    results = []
+    for ds in (plain, module):
+        emu = Emulator(api_key=KEY, id_seed=7, capture=True).start()
+        try:
+            monkeypatch.setattr(dashscope, "base_http_api_url", emu.url)
+            results.append((failures(ds, emu), [(r.method, r.path, r.body) for r in emu.requests]))
+        finally:
+            emu.stop()
+    assert results[1] == results[0]
+    assert results[0][0][0][1:3] == (500, "InternalError")
