@@ -9,7 +9,7 @@ import pytest
 from threadstore import ThreadStore
 from threadstore._rules import ThreadStatus
 from threadstore.stats import compute
-from threadstore.sweep import sweep_expired
+from threadstore.sweep import SweepOptions, sweep_expired
 from threadstore.testing import FakeRemote
 
 T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
@@ -17,9 +17,8 @@ WEEK = timedelta(days=7)
 
 
 def _expired_by_sweep_and_stats(store: ThreadStore, now: datetime) -> tuple[int, int]:
-    report = sweep_expired(
-        store.engine, store.remote, older_than=WEEK, owner="t", dry_run=True, now=now
-    )
+    options = SweepOptions(WEEK, dry_run=True)
+    report = sweep_expired(store.engine, store.remote, options, owner="t", now=now)
     with store.engine.connect() as conn:
         stats = compute(conn, older_than=WEEK, now=now)
     return report.expired, stats.threads_expired

@@ -28,11 +28,9 @@ import click
 from . import __version__, db
 from . import export as export_module
 from .codec import jsonable, to_json
-from .demo import run_demo
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
-from .schedule import parse_duration, run_blocking
 from .store import ThreadStore
-from .testing.emulator import Emulator
+from .sweep import DEFAULT_CONCURRENCY, DEFAULT_LEASE, SweepOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -450,6 +448,8 @@ def demo_command(obj: Context, demo_db: str | None) -> None:
     if obj.verbosity <= 0:
         # The demo narrates the sweep's outcome itself; its log warnings would repeat it.
         logging.getLogger("threadstore").setLevel(logging.ERROR)
+    from .demo import run_demo  # noqa: PLC0415 - lean start-up: only `demo` needs it
+
     run_demo(url, out=click.echo)
 
 
@@ -491,6 +491,8 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
       export DASHSCOPE_HTTP_BASE_URL=http://127.0.0.1:8089/api/v1 DASHSCOPE_API_KEY=test-key
       threadstore sweep --days 7      # in another shell: sweeps against the emulator
     """
+    from .testing.emulator import Emulator  # noqa: PLC0415 - lean start-up
+
     emu = Emulator(api_key=api_key or None, port=port, latency=latency_ms / 1000.0,
                    verbose=obj.verbosity > 0)
     try:
@@ -624,6 +626,8 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in c
         if isinstance(value, timedelta):
             return value
         try:
+            from .schedule import parse_duration  # noqa: PLC0415 - APScheduler only to schedule
+
             return parse_duration(str(value))
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
@@ -645,11 +649,13 @@ def _sweep_options(fn: F) -> F:
                          help="Expire threads idle for more than N hours."),
             click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
                          help="Delete at most N threads in one sweep."),
-            click.option("--concurrency", type=click.IntRange(1, 256), default=16,
+            click.option("--concurrency", type=click.IntRange(1, 256),
+                         default=DEFAULT_CONCURRENCY,
                          metavar="N", show_default=True, help="Remote deletes in flight at once."),
             click.option("--max-rps", type=click.FloatRange(min=0, min_open=True),
                          default=None, metavar="X", help="At most X DashScope deletes per second."),
-            click.option("--lease", "lease_seconds", type=click.IntRange(min=1), default=300,
+            click.option("--lease", "lease_seconds", type=click.IntRange(min=1),
+                         default=int(DEFAULT_LEASE.total_seconds()),
                          show_default=True, metavar="SECONDS",
                          help="How long a claimed thread stays reserved for this sweeper; "
                               "a crashed sweeper's threads are retried after it."),
@@ -661,6 +667,19 @@ def _sweep_options(fn: F) -> F:
     ):
         fn = option(fn)
     return fn
+
+
+def _build_sweep_options(parsed: dict[str, Any], **extra: Any) -> SweepOptions:
+    """The :class:`SweepOptions` that ``sweep`` and ``schedule`` both run with."""
+    return SweepOptions(
+        _older_than(parsed["days"], parsed["hours"]),
+        limit=parsed["limit"],
+        concurrency=parsed["concurrency"],
+        max_rps=parsed["max_rps"],
+        lease=timedelta(seconds=parsed["lease_seconds"]),
+        archive=parsed["archive"],
+        **extra,
+    )
 
 
 class _ProgressLine:
@@ -694,18 +713,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @db_option
 @pass_ctx
-def sweep_command(
-    obj: Context,
-    days: float | None,
-    hours: float | None,
-    limit: int | None,
-    concurrency: int,
-    max_rps: float | None,
-    lease_seconds: int,
-    archive: str | None,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
+def sweep_command(obj: Context, /, dry_run: bool, as_json: bool, **sweep: Any) -> None:
     """Delete threads idle longer than --days/--hours (or their own TTL).
 
     Each expired thread is deleted on DashScope first; its local row, messages
@@ -717,20 +725,11 @@ def sweep_command(
     Exit status: 0 all expired threads deleted; 1 some deletions failed and
     were kept for retry; 2 bad usage, configuration or API key.
     """
-    older_than = _older_than(days, hours)
     progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
+    options = _build_sweep_options(sweep, dry_run=dry_run, progress=progress)
     with obj.store() as store:
         try:
-            report = store.sweep(
-                older_than,
-                dry_run=dry_run,
-                limit=limit,
-                concurrency=concurrency,
-                max_rps=max_rps,
-                lease=timedelta(seconds=lease_seconds),
-                archive=archive,
-                progress=progress,
-            )
+            report = store.sweep(options)
         finally:
             progress.end()
     if as_json:
@@ -762,37 +761,21 @@ Examples:
               help="Time between sweeps: 30s, 15m, 1h, 1d.")
 @db_option
 @pass_ctx
-def schedule_command(
-    obj: Context,
-    days: float | None,
-    hours: float | None,
-    limit: int | None,
-    concurrency: int,
-    max_rps: float | None,
-    lease_seconds: int,
-    archive: str | None,
-    every: timedelta,
-) -> None:
+def schedule_command(obj: Context, /, every: timedelta, **sweep: Any) -> None:
     """Sweep now and then every --every, until Ctrl-C or SIGTERM.
 
     Each run is logged on stderr. A failed run (DashScope down, a refused key)
     is logged and the schedule goes on. Run it on as many hosts as you like:
     sweepers claim disjoint threads.
     """
-    older_than = _older_than(days, hours)
+    stop = threading.Event()
+    options = _build_sweep_options(sweep, stop=stop)
     if obj.verbosity >= 0:
         logging.getLogger("threadstore.schedule").setLevel(logging.INFO)
-    stop = threading.Event()
-    options: dict[str, Any] = {
-        "limit": limit,
-        "concurrency": concurrency,
-        "max_rps": max_rps,
-        "lease": timedelta(seconds=lease_seconds),
-        "archive": archive,
-        "stop": stop,
-    }
     with obj.store() as store:
-        run_blocking(lambda: store.sweep(older_than, **options), every=every, stop=stop)
+        from .schedule import run_blocking  # noqa: PLC0415 - APScheduler only to schedule
+
+        run_blocking(lambda: store.sweep(options), every=every, stop=stop)
 
 
 # ---------------------------------------------------------------------------- export, stats, list

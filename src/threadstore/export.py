@@ -87,7 +87,7 @@ from .errors import ConfigError, StoreError
 from .models import BOOL, INT, JSON, KINDS, LEN, TEXT, THREADS, TS, messages, runs, threads
 from .models import kind as declared_kind
 
-__all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "export"]
+__all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "ExportOptions", "export"]
 
 TABLES = tuple(name for k in KINDS for name in (k.name, *k.aliases))
 FORMATS = ("jsonl", "csv", "parquet")
@@ -829,6 +829,42 @@ def _check_time(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how, validated on construction (:class:`ConfigError`).
+
+    :func:`export` (and so ``ThreadStore.export`` and the CLI) builds one; see
+    :meth:`ThreadStore.export` for what each option does.
+    """
+
+    table: str = "threads"
+    fmt: str = "jsonl"
+    since: datetime | None = None
+    until: datetime | None = None
+    workspace: str | None = None
+    user_id: str | None = None
+    redact: bool = False
+    batch_size: int = BATCH
+
+    def __post_init__(self) -> None:
+        if self.table not in TABLES:
+            raise ConfigError(
+                f"unknown table {self.table!r}: choose one of {', '.join(TABLES)}"
+            )
+        if self.fmt not in FORMATS:
+            raise ConfigError(
+                f"unknown format {self.fmt!r}: choose one of {', '.join(FORMATS)}"
+            )
+        since = _check_time("since", self.since)
+        until = _check_time("until", self.until)
+        if since is not None and until is not None and since > until:
+            raise ConfigError(
+                f"since ({since.isoformat()}) is after until ({until.isoformat()})"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+
+
 def export(
     engine: Engine,
     path_or_file: str | Path | IO[Any],
@@ -853,16 +889,7 @@ def export(
     rows written so far. Bad options raise :class:`ConfigError` before anything
     is written; database failures raise :class:`StoreError`.
     """
-    if table not in TABLES:
-        raise ConfigError(f"unknown table {table!r}: choose one of {', '.join(TABLES)}")
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    since = _check_time("since", since)
-    until = _check_time("until", until)
-    if since is not None and until is not None and since > until:
-        raise ConfigError(f"since ({since.isoformat()}) is after until ({until.isoformat()})")
-    if batch_size < 1:
-        raise ConfigError("batch_size must be at least 1")
+    ExportOptions(table, fmt, since, until, workspace, user_id, redact, batch_size)
     if fmt == "parquet":
         if _pyarrow() is None:
             raise ConfigError(PARQUET_HINT)

@@ -82,15 +82,17 @@ from .models import assistants as assistants_table
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
 from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
 from .stats import compute as compute_stats
-from .sweep import Progress as SweepProgress
 from .sweep import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE,
+    SweepOptions,
     SweepReport,
-    check_sweep_options,
     claim_thread,
     release_thread,
     remove_local,
     sweep_expired,
 )
+from .sweep import Progress as SweepProgress
 from .trust import Trust, scope_error
 from .verify import VerifyReport, verify_mirror
 
@@ -825,7 +827,7 @@ class ThreadStore:
 
     # ------------------------------------------------------------------ delete
 
-    def delete_thread(self, thread_id: str, *, lease: timedelta = timedelta(minutes=5)) -> None:
+    def delete_thread(self, thread_id: str, *, lease: timedelta = DEFAULT_LEASE) -> None:
         """Delete the thread on DashScope, then its local row, messages and runs.
 
         The local row goes only once DashScope confirmed the delete or answered a
@@ -847,7 +849,7 @@ class ThreadStore:
         send: Callable[[str | None], None],
         *,
         workspace: str | type[_Any] | None = _Any,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = DEFAULT_LEASE,
     ) -> None:
         """:meth:`delete_thread` with ``send(workspace)`` as the remote delete.
 
@@ -957,18 +959,18 @@ class ThreadStore:
 
     def sweep(
         self,
-        older_than: timedelta,
+        older_than: timedelta | SweepOptions,
         *,
         dry_run: bool = False,
         limit: int | None = None,
-        concurrency: int = 16,
+        concurrency: int = DEFAULT_CONCURRENCY,
         max_rps: float | None = None,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = DEFAULT_LEASE,
         archive: str | Path | IO[str] | None = None,
         retry_base: float = rules.RETRY_BASE,
         progress: SweepProgress | None = None,
         stop: threading.Event | None = None,
-    ) -> SweepReport:
+) -> SweepReport:
         """Delete threads idle longer than ``older_than`` (or than their own TTL).
 
         DashScope first, the local row (with messages and runs) only once the
@@ -987,22 +989,30 @@ class ThreadStore:
         trusted to mean "already gone" (a wrong base URL, a proxy, a key or
         workspace that does not see our threads): the sweep stops and drops
         nothing for them. See :mod:`threadstore.sweep` and :mod:`threadstore.trust`.
+        Instead of ``older_than`` and the keywords,
+        a :class:`~threadstore.sweep.SweepOptions` may be passed alone.
         """
+        if isinstance(older_than, SweepOptions):
+            options = older_than
+        else:
+            options = SweepOptions(
+                older_than,
+                dry_run=dry_run,
+                limit=limit,
+                concurrency=concurrency,
+                max_rps=max_rps,
+                lease=lease,
+                archive=archive,
+                retry_base=retry_base,
+                progress=progress,
+                stop=stop,
+            )
         report = sweep_expired(
             self.engine,
             self.remote,
-            older_than=older_than,
+            options,
             owner=self.owner,
             codec=self.codec,
-            dry_run=dry_run,
-            limit=limit,
-            concurrency=concurrency,
-            max_rps=max_rps,
-            lease=lease,
-            archive=archive,
-            retry_base=retry_base,
-            progress=progress,
-            stop=stop,
             trust=self.trust,
         )
         if report.auth_error is not None:
@@ -1073,11 +1083,11 @@ class ThreadStore:
         logged and the schedule goes on. Stop it with ``scheduler.shutdown()``.
         """
         # Refuse bad options now rather than in a log line an hour from now.
-        check_sweep_options(older_than, **sweep_options)
+        options = SweepOptions(older_than, **sweep_options)
         from . import schedule  # noqa: PLC0415 - APScheduler only for those who schedule
 
         return schedule.start_background(
-            lambda: self.sweep(older_than, **sweep_options),
+            lambda: self.sweep(options),
             every=every,
             jitter=jitter,
             run_now=run_now,

@@ -81,9 +81,11 @@ from .stats import count_by_thread
 from .trust import BREAKER, Trust, scope_error
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LEASE",
     "RateLimiter",
+    "SweepOptions",
     "SweepReport",
-    "check_sweep_options",
     "claim_thread",
     "release_thread",
     "remove_local",
@@ -539,76 +541,73 @@ def _candidates(*, now: datetime, cutoff: datetime, started: datetime) -> Select
     return db.walk_index(query, threads, "last_active")
 
 
-def _check_options(
-    older_than: timedelta,
-    *,
-    limit: int | None,
-    concurrency: int,
-    max_rps: float | None,
-    lease: timedelta,
-    retry_base: float,
-) -> None:
-    if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
-        raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None, not {limit!r}")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"concurrency must be a positive integer, not {concurrency!r}")
-    if max_rps is not None and (not isinstance(max_rps, int | float) or max_rps <= 0):
-        raise ConfigError(f"max_rps must be a positive number or None, not {max_rps!r}")
-    if not isinstance(lease, timedelta) or lease <= timedelta(0):
-        raise ConfigError(f"lease must be a positive timedelta, not {lease!r}")
-    if not isinstance(retry_base, int | float) or retry_base < 0:
-        raise ConfigError(f"retry_base must be a non-negative number, not {retry_base!r}")
+DEFAULT_CONCURRENCY = 16
+"""Remote deletes in flight at once."""
+DEFAULT_LEASE = timedelta(minutes=5)
+"""How long a claimed thread stays reserved for its deleter."""
 
 
-_OPTIONS = frozenset(
-    {"dry_run", "limit", "concurrency", "max_rps", "lease", "archive", "retry_base",
-     "progress", "stop"}
-)
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def check_sweep_options(older_than: timedelta, **options: Any) -> None:
-    """Validate sweep options up front (ConfigError; TypeError for unknown names)."""
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown sweep option(s): {', '.join(unknown)}")
-    _check_options(
-        older_than,
-        limit=options.get("limit"),
-        concurrency=options.get("concurrency", 16),
-        max_rps=options.get("max_rps"),
-        lease=options.get("lease", timedelta(minutes=5)),
-        retry_base=options.get("retry_base", rules.RETRY_BASE),
-    )
+@dataclass(frozen=True)
+class SweepOptions:
+    """How to sweep, validated on construction (:class:`ConfigError`); each default once.
+
+    ``ThreadStore.sweep(...)``, ``start_sweeper`` and the CLI's ``sweep`` and
+    ``schedule`` all build one of these; see :meth:`ThreadStore.sweep` for what
+    each option does.
+    """
+
+    older_than: timedelta
+    dry_run: bool = False
+    limit: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_rps: float | None = None
+    lease: timedelta = DEFAULT_LEASE
+    archive: str | Path | IO[str] | None = None
+    retry_base: float = rules.RETRY_BASE
+    progress: Progress | None = field(default=None, compare=False)
+    stop: threading.Event | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        older_than, limit, max_rps = self.older_than, self.limit, self.max_rps
+        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+            raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
+        if limit is not None and not _positive_int(limit):
+            raise ConfigError(f"limit must be a positive integer or None, not {limit!r}")
+        if not _positive_int(self.concurrency):
+            raise ConfigError(
+                f"concurrency must be a positive integer, not {self.concurrency!r}"
+            )
+        if max_rps is not None and (not isinstance(max_rps, int | float) or max_rps <= 0):
+            raise ConfigError(f"max_rps must be a positive number or None, not {max_rps!r}")
+        if not isinstance(self.lease, timedelta) or self.lease <= timedelta(0):
+            raise ConfigError(f"lease must be a positive timedelta, not {self.lease!r}")
+        if not isinstance(self.retry_base, int | float) or self.retry_base < 0:
+            raise ConfigError(
+                f"retry_base must be a non-negative number, not {self.retry_base!r}"
+            )
 
 
 def sweep_expired(
     engine: Engine,
     remote: Remote,
+    options: SweepOptions,
     *,
-    older_than: timedelta,
     owner: str,
     codec: Codec | None = None,
-    dry_run: bool = False,
-    limit: int | None = None,
-    concurrency: int = 16,
-    max_rps: float | None = None,
-    lease: timedelta = timedelta(minutes=5),
-    archive: str | Path | IO[str] | None = None,
-    retry_base: float = rules.RETRY_BASE,
-    progress: Progress | None = None,
-    stop: threading.Event | None = None,
     now: datetime | None = None,
     trust: Trust | None = None,
 ) -> SweepReport:
     """Delete every expired thread, remote first; see the module docstring.
 
     ``owner`` names the deleter in leases and in the deletions log (a suffix makes
-    it unique to this sweep). ``progress(done, total)`` is called from the calling
-    thread as threads are finished; ``total`` is the number of claimable expired
-    threads counted at the start. Setting ``stop`` ends the sweep early and
-    cleanly: in-flight deletes finish, the rest is released.
+    it unique to this sweep). ``options.progress(done, total)`` is called from the
+    calling thread as threads are finished; ``total`` is the number of claimable
+    expired threads counted at the start. Setting ``options.stop`` ends the sweep
+    early and cleanly: in-flight deletes finish, the rest is released.
 
     An auth failure does not raise here: the report says ``stopped_by_auth`` and
     carries the error in ``auth_error`` (``ThreadStore.sweep`` raises it).
@@ -616,17 +615,10 @@ def sweep_expired(
     404s that cannot be trusted likewise set ``stopped_untrusted`` and ``trust_error``.
     ``trust`` carries proven workspaces across calls (see :mod:`threadstore.trust`).
     """
-    _check_options(
-        older_than,
-        limit=limit,
-        concurrency=concurrency,
-        max_rps=max_rps,
-        lease=lease,
-        retry_base=retry_base,
-    )
+    limit = options.limit
     clock = time.monotonic()
     started = now or utcnow()
-    cutoff = started - older_than
+    cutoff = started - options.older_than
     # With a limit, the counts behind ``skipped`` and progress stop at a bound,
     # so a small sweep (or dry run) costs the same on a store of any size.
     at_most = None if limit is None else limit + SKIPPED_BOUND
@@ -636,10 +628,10 @@ def sweep_expired(
         )
         candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
         total, total_capped = _count(conn, candidates, at_most)
-        if dry_run:
+        if options.dry_run:
             query = candidates if limit is None else candidates.limit(limit)
             ids = tuple(conn.execute(query).scalars())
-    if dry_run:
+    if options.dry_run:
         return SweepReport(
             expired=len(ids),
             skipped=blocked + (total - len(ids)),
@@ -650,24 +642,18 @@ def sweep_expired(
         )
     if limit is not None:
         total = min(total, limit)
+    archive = options.archive
     writer = _Archive(archive, codec or Codec()) if archive is not None else None
     try:
         run = _Sweep(
             engine,
             remote,
+            options,
             owner=f"{owner[:48]}:{uuid.uuid4().hex[:8]}",
-            codec=codec,
-            lease=lease,
-            limit=limit,
-            concurrency=concurrency,
-            limiter=RateLimiter(max_rps),
             archive=writer,
-            retry_base=retry_base,
             cutoff=cutoff,
             started=started,
-            progress=progress,
             total=total,
-            stop=stop or threading.Event(),
             trust=trust or Trust(remote),
         )
         report = run.run()
@@ -694,7 +680,7 @@ def sweep_expired(
     )
     # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
     # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.
-    log.info("sweep (idle > %s): %s", older_than, final.summary())
+    log.info("sweep (idle > %s): %s", options.older_than, final.summary())
     return final
 
 
@@ -705,20 +691,13 @@ class _Sweep:
         self,
         engine: Engine,
         remote: Remote,
+        options: SweepOptions,
         *,
         owner: str,
-        codec: Codec | None,
-        lease: timedelta,
-        limit: int | None,
-        concurrency: int,
-        limiter: RateLimiter,
         archive: _Archive | None,
-        retry_base: float,
         cutoff: datetime,
         started: datetime,
-        progress: Progress | None,
         total: int,
-        stop: threading.Event,
         trust: Trust,
     ) -> None:
         self.engine = engine
@@ -729,18 +708,17 @@ class _Sweep:
         self.trust_error: UntrustedNotFound | None = None
         self.remote = remote
         self.owner = owner
-        self.codec = codec
-        self.lease = lease
-        self.limit = limit
-        self.concurrency = concurrency
-        self.limiter = limiter
+        self.lease = lease = options.lease
+        self.limit = options.limit
+        self.concurrency = concurrency = options.concurrency
+        self.limiter = RateLimiter(options.max_rps)
         self.archive = archive
-        self.retry_base = retry_base
+        self.retry_base = options.retry_base
         self.cutoff = cutoff
         self.started = started
-        self.progress = progress
+        self.progress = options.progress
         self.total = total
-        self.stop = stop
+        self.stop = options.stop or threading.Event()
         self.batch = max(concurrency * 4, 64)
         self.flush_size = max(concurrency * 2, 32)
         # Remote deletes are started only in the first half of a lease, so that
