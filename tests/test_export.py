@@ -14,8 +14,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from helpers import set_row
 from threadstore import ConfigError, ThreadStore
 from threadstore import export as export_module
 from threadstore.models import deletions, messages, runs, threads
@@ -36,11 +37,6 @@ def _at(day: int) -> datetime:
     return T0 + timedelta(days=day)
 
 
-def _set(store: ThreadStore, table: Any, key: Any, ident: Any, **values: Any) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(update(table).where(key == ident).values(**values))
-
-
 @pytest.fixture
 def populated(db_url: str) -> Iterator[ThreadStore]:
     """Three threads (two users, one workspace), tricky texts, a run, a deletion."""
@@ -48,16 +44,16 @@ def populated(db_url: str) -> Iterator[ThreadStore]:
         a = store.create_thread(user_id="u1", metadata=SECRET_META)
         for i, text in enumerate(TEXTS):
             m = store.add_message(a.thread_id, text, metadata={"i": i, "secret": f"m{i}"})
-            _set(store, messages, messages.c.message_id, m.message_id, created_at=_at(i))
+            set_row(store, messages, m.message_id, created_at=_at(i))
         run = store.run(a.thread_id, assistant_id="asst_1", poll_interval=0.01)
-        _set(store, runs, runs.c.run_id, run.run_id, created_at=_at(2))
+        set_row(store, runs, run.run_id, created_at=_at(2))
         for m in run.messages:  # the reply, on day 5
-            _set(store, messages, messages.c.message_id, m.message_id, created_at=_at(5))
+            set_row(store, messages, m.message_id, created_at=_at(5))
         store.touch(a.thread_id, at=_at(5))
 
         b = store.create_thread(user_id="u2", workspace="ws1", metadata={"k": "v"})
         m = store.add_message(b.thread_id, "hello from ws1")
-        _set(store, messages, messages.c.message_id, m.message_id, created_at=_at(1))
+        set_row(store, messages, m.message_id, created_at=_at(1))
         store.pin(b.thread_id)
         store.touch(b.thread_id, at=_at(1))
 
@@ -66,7 +62,7 @@ def populated(db_url: str) -> Iterator[ThreadStore]:
 
         gone = store.create_thread(user_id="u1", workspace="ws1")
         store.delete_thread(gone.thread_id)
-        _set(store, deletions, deletions.c.thread_id, gone.thread_id, deleted_at=_at(4))
+        set_row(store, deletions, gone.thread_id, key=deletions.c.thread_id, deleted_at=_at(4))
         yield store
 
 
@@ -339,7 +335,7 @@ def test_failed_export_leaves_no_file_and_keeps_the_old_one(
         first = store.add_message(t.thread_id, "private")
         store.add_message(t.thread_id, "newer")
         # A damaged token: decrypting it fails in the middle of the export.
-        _set(store, messages, messages.c.message_id, first.message_id, content="fernet:bad")
+        set_row(store, messages, first.message_id, content="fernet:bad")
         target = tmp_path / "messages.csv"
         target.write_text("previous export\n")
         with pytest.raises(ConfigError, match="THREADSTORE_ENCRYPTION_KEY"):
@@ -466,7 +462,7 @@ def test_sqlite_rendered_lines_match_the_portable_writers(
     )
     populated.add_message(t.thread_id, 'quote " and \\ backslash\x1f', metadata={"x": 0.1})
     odd = populated.add_message(t.thread_id, "its metadata is not JSON")
-    _set(populated, messages, messages.c.message_id, odd.message_id, metadata="not {json")
+    set_row(populated, messages, odd.message_id, metadata="not {json")
     outputs = []
     for variant in ("default", "sqlite-only", "orjson", "json-module", "csv-module"):
         with monkeypatch.context() as mp:

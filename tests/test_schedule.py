@@ -10,11 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
 
+from helpers import expired
 from threadstore import ConfigError, DashScopeRemote, ThreadStore
 from threadstore.cli import cli
 from threadstore.schedule import default_jitter, parse_duration
@@ -52,9 +53,7 @@ def schedule_log() -> Iterator[_Records]:
 
 
 def _expired(store: ThreadStore) -> str:
-    tid = store.create_thread().thread_id
-    store.touch(tid, at=datetime.now(timezone.utc) - timedelta(days=10))
-    return tid
+    return expired(store, 1)[0]
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import update
 
+from helpers import set_thread as _set_thread
 from threadstore import ConfigError, ThreadStore
 from threadstore.models import deletions, threads, utcnow
 from threadstore.testing import FakeRemote
@@ -22,11 +22,6 @@ STABLE_KEYS = [
     "prompt_tokens", "completion_tokens", "total_tokens", "deletions_total",
     "deletions_last_day", "deletions_last_week",
 ]
-
-
-def _set_thread(store: ThreadStore, thread_id: str, **values: Any) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(update(threads).where(threads.c.thread_id == thread_id).values(**values))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import dashscope
@@ -21,6 +21,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, insert, select, update
 
 from conftest import API_KEY
+from helpers import assert_no_orphans as _assert_no_orphans
+from helpers import deletion_log as _log
+from helpers import expired as _expired
+from helpers import local_ids as _local_ids
+from helpers import now as _now
+from helpers import thread_row as _row
 from threadstore import (
     ConfigError,
     DashScopeRemote,
@@ -30,7 +36,7 @@ from threadstore import (
 )
 from threadstore._rules import retry_delay
 from threadstore.cli import cli
-from threadstore.models import deletions, threads
+from threadstore.models import threads
 from threadstore.sweep import (
     RateLimiter,
     SweepReport,
@@ -42,42 +48,6 @@ from threadstore.testing import Emulator, FakeRemote
 
 WEEK = timedelta(days=7)
 FAST = 0.01  # retry_base for tests: retries come due almost at once
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _expired(store: ThreadStore, n: int, *, idle: timedelta = timedelta(days=10)) -> list[str]:
-    """Create ``n`` threads through the store and make them idle for ``idle``."""
-    ids = []
-    for i in range(n):
-        t = store.create_thread(user_id=f"u{i % 3}", metadata={"i": i})
-        store.touch(t.thread_id, at=_now() - idle)
-        ids.append(t.thread_id)
-    return ids
-
-
-def _local_ids(store: ThreadStore) -> set[str]:
-    with store.engine.connect() as conn:
-        return set(conn.execute(select(threads.c.thread_id)).scalars())
-
-
-def _row(store: ThreadStore, thread_id: str) -> dict[str, object]:
-    with store.engine.connect() as conn:
-        row = conn.execute(select(threads).where(threads.c.thread_id == thread_id)).mappings().one()
-        return dict(row)
-
-
-def _log(store: ThreadStore) -> list[dict[str, object]]:
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(deletions)).mappings()]
-
-
-def _assert_no_orphans(store: ThreadStore, emulator: Emulator, ids: list[str]) -> None:
-    local = _local_ids(store)
-    orphans = [tid for tid in ids if emulator.thread_exists(tid) and tid not in local]
-    assert orphans == [], "remote threads without a local row"
 
 
 # --------------------------------------------------------------------------- the basics

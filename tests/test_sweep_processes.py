@@ -18,9 +18,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 
+from helpers import assert_no_orphans as _assert_no_orphans
+from helpers import local_ids as _local_ids
 from threadstore import DashScopeRemote, ThreadStore
 from threadstore.models import deletions, threads
 from threadstore.testing import Emulator
@@ -48,16 +50,6 @@ def _sweeper(db_url: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _local_ids(engine: Engine) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(select(threads.c.thread_id)).scalars())
-
-
-def _assert_no_orphans(engine: Engine, emulator: Emulator, ids: list[str]) -> None:
-    local = _local_ids(engine)
-    assert [t for t in ids if emulator.thread_exists(t) and t not in local] == []
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -51,6 +51,7 @@ from .errors import StoreError
 from .models import (
     ASSISTANTS,
     MESSAGES,
+    RUN_RANK,
     RUN_STEPS,
     RUNS,
     THREADS,
@@ -67,17 +68,6 @@ __all__ = ["RUN_RANK", "Mirror"]
 
 log = logging.getLogger(__name__)
 
-RUN_RANK = {
-    "queued": 0,
-    "in_progress": 1,
-    "requires_action": 1,
-    "cancelling": 2,
-    "completed": 3,
-    "failed": 3,
-    "cancelled": 3,
-    "expired": 3,
-}
-"""How far along a run status is; a stored run never moves to a lower rank."""
 
 _ACTIVE = str(ThreadStatus.ACTIVE)
 _CREATING = str(ThreadStatus.CREATING)

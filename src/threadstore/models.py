@@ -62,6 +62,7 @@ __all__ = [
     "KINDS",
     "MESSAGES",
     "RUNS",
+    "RUN_RANK",
     "RUN_STEPS",
     "THREADS",
     "THREAD_CHILDREN",
@@ -552,7 +553,7 @@ def _thread_record(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # A run moves forward: queued → in_progress ⇄ requires_action → cancelling → an end.
-_RUN_RANK = {
+RUN_RANK = {
     "queued": 0,
     "in_progress": 1,
     "requires_action": 1,
@@ -565,7 +566,7 @@ _RUN_RANK = {
 
 
 def _run_progress(row: Mapping[str, Any]) -> int:
-    return _RUN_RANK.get(row["status"], 0)
+    return RUN_RANK.get(row["status"], 0)
 
 
 def _step_progress(row: Mapping[str, Any]) -> int:
