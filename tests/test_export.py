@@ -453,10 +453,10 @@ def test_arrow_native_sqlite_path_matches_the_portable_one(
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("table", ["threads", "messages", "runs", "deletions"])
-def test_sqlite_rendered_lines_match_the_portable_writers(
+def test_database_rendered_lines_match_the_portable_writers(
     populated: ThreadStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, fmt: str
 ) -> None:
-    """SQLite's own rendering, orjson, the json module, pyarrow and csv write the same bytes."""
+    """SQLite's rendering, PostgreSQL's COPY, orjson, json, pyarrow and csv: the same bytes."""
     t = populated.create_thread(
         user_id="u3", metadata={"f": 1e-05, "big": 2**70, "e": 1e16, "s": "tab\there 🎉"}
     )
@@ -470,6 +470,7 @@ def test_sqlite_rendered_lines_match_the_portable_writers(
                 mp.setattr(export_module, "_adbc_sqlite", lambda: None)
             if variant not in ("default", "sqlite-only"):  # Python encodes every value
                 mp.setattr(export_module, "_sqlite_lines", lambda *a: None)
+                mp.setattr(export_module, "_pg_copy", lambda *a: None)
             if variant in ("sqlite-only", "csv-module"):
                 mp.setitem(sys.modules, "pyarrow", None)
             if variant == "json-module":

@@ -18,7 +18,8 @@ Formats:
 How fast, by path (``benchmarks/bench_export.py`` has the figures): on a SQLite
 file, SQLite renders the JSONL and CSV lines itself and Python only moves bytes;
 with the ``[export]`` extra, Arrow reads ``messages`` and ``runs`` in C for CSV
-and Parquet. Everything else (other backends, encrypted values,
+and Parquet; on PostgreSQL (psycopg 3), CSV comes from ``COPY … TO STDOUT``.
+Everything else (other backends, encrypted values,
 ``redact=True``) takes the portable path: orjson (the json module without it)
 and pyarrow's CSV writer (the csv module without it). Every path writes the
 same bytes; the tests compare them.
@@ -357,6 +358,54 @@ def _sqlite_lines(
         finally:
             dbapi.text_factory = old  # type: ignore[union-attr]
             result.close()
+
+    return batches()
+
+
+def _pg_copy(
+    conn: Connection, query: _Query, fmt: str, size: int, redact: bool
+) -> Iterator[tuple[bytes, int]] | None:
+    """Batches of CSV rows from PostgreSQL's ``COPY … TO STDOUT``; None if it can't.
+
+    The server renders every row (pyarrow's CSV form: ``FORCE_QUOTE`` on the
+    string columns, NULL as an empty field), psycopg hands over one bytes object
+    per row. The query yields no row at all if any selected value is encoded
+    (checked in the same statement, so in the same snapshot): the caller then
+    takes the portable path, which also writes the header of an empty export.
+    """
+    if conn.dialect.name != "postgresql" or fmt != "csv" or redact:
+        return None
+    dbapi: Any = conn.connection.dbapi_connection
+    if not hasattr(dbapi, "cursor") or not hasattr(dbapi.cursor(), "copy"):
+        return None  # a driver other than psycopg 3
+    sub = query.statement.subquery("x")
+    spec = list(zip(query.names, query.kinds, strict=True))
+    text = next((sub.c[n] for n, k in spec if k == TEXT), None)
+    cells: list[ColumnElement[Any]] = []
+    for name, kind in spec:
+        col: ColumnElement[Any] = sub.c[name]
+        if kind == LEN and text is not None:
+            col = func.char_length(text)
+        elif kind == BOOL:
+            col = case((col == 1, "true"), (col == 0, "false"))
+        cells.append(col.label(name))
+    statement = select(*cells).select_from(sub)
+    if query.encoded is not None:
+        statement = statement.where(~query.encoded.exists())
+    compiled = statement.compile(dialect=conn.dialect)
+    quoted = ", ".join(f'"{n}"' for n, k in spec if k not in (INT, LEN, BOOL))
+    sql = f"COPY ({compiled.string}) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE ({quoted}))"
+
+    def batches() -> Iterator[tuple[bytes, int]]:
+        with dbapi.cursor() as cursor, cursor.copy(sql, compiled.params) as copy:
+            read = copy.read
+            while True:
+                rows: list[bytes] = []
+                while len(rows) < size and (row := read()):
+                    rows.append(row)
+                if not rows:
+                    return
+                yield b"".join(rows), len(rows)
 
     return batches()
 
@@ -924,15 +973,16 @@ def export(
             else:
                 with db.read(engine) as conn:
                     lines = _sqlite_lines(conn, query, fmt, batch_size, redact)
-                    if lines is not None:
-                        if fmt == "csv":
+                    if lines is None:
+                        lines = _pg_copy(conn, query, fmt, batch_size, redact)
+                    for data, n in _prefetched(lines) if lines is not None else ():
+                        if fmt == "csv" and not written:
                             sink.write_bytes(_csv_header(query.names))
-                        for data, n in _prefetched(lines):
-                            sink.write_bytes(data)
-                            written += n
-                            if progress is not None:
-                                progress(written)
-                    else:
+                        sink.write_bytes(data)
+                        written += n
+                        if progress is not None:
+                            progress(written)
+                    if not written:  # no fast path, or nothing (or encoded values) in it
                         writer = _writer(fmt, sink, query, codec, redact)
                         for rows in _batches(conn, query, batch_size):
                             writer.write(rows)
