@@ -476,6 +476,7 @@ def test_database_rendered_lines_match_the_portable_writers(
             if variant == "json-module":
                 mp.setitem(sys.modules, "orjson", None)
                 mp.setattr(export_module, "_Fragment", None)
+                mp.setattr(export_module, "_orjson_loads", None)
             out = io.BytesIO()
             populated.export(out, table=table, fmt=fmt)
             outputs.append(out.getvalue())

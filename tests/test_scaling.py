@@ -7,6 +7,8 @@ stops at its limit, or sorts every matching row first.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -100,3 +102,23 @@ def test_limited_operations_read_in_index_order_on_sqlite(
         for line in plan.splitlines():
             if " threads" in line and line.startswith(("SCAN", "SEARCH")):
                 assert "INDEX" in line, plan
+
+
+def test_sweep_command_starts_without_what_only_other_commands_need() -> None:
+    """A cron `threadstore sweep` loads no scheduler, emulator, demo, Alembic or SDK."""
+    code = (
+        "import sys\n"
+        "from threadstore.cli import cli\n"
+        "try:\n"
+        "    cli.main(['sweep', '--help'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    loaded = set(done.stdout.split())
+    assert "threadstore.sweep" in loaded
+    for heavy in ("apscheduler", "threadstore.testing", "threadstore.demo", "alembic",
+                  "dashscope", "pyarrow"):
+        assert heavy not in loaded, heavy

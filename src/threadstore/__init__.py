@@ -16,7 +16,7 @@ and streams the mirror out for analytics::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .errors import (
     ConfigError,
@@ -38,10 +38,18 @@ from .store import ThreadStore
 from .sweep import SweepReport
 from .verify import VerifyReport
 
-try:
-    __version__ = version("threadstore")
-except PackageNotFoundError:  # running from a checkout without installing
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> Any:
+    # ``__version__`` reads package metadata (importlib.metadata: tens of ms), so
+    # only when asked: every CLI run, a cron sweep included, pays its imports.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            return version("threadstore")
+        except PackageNotFoundError:  # running from a checkout without installing
+            return "0.0.0"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ConfigError",

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, db
+from . import db
 from . import export as export_module
 from .codec import jsonable, to_json
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
@@ -59,6 +59,15 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from . import __version__  # noqa: PLC0415 - reads package metadata: only when asked
+
+    click.echo(f"threadstore, version {__version__}")
+    ctx.exit()
 
 
 def _db_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -294,7 +303,14 @@ Examples:
 )
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.version_option(__version__, "--version", prog_name="threadstore")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> None:
     """threadstore: the local memory DashScope's Assistant API lacks.

@@ -57,6 +57,7 @@ import json
 import logging
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -97,8 +98,10 @@ log = logging.getLogger(__name__)
 
 try:  # orjson: a dependency on CPython (see codec.dump_ready)
     from orjson import Fragment as _Fragment
+    from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - the json module's own floats round-trip exactly
     _Fragment = None  # type: ignore[assignment,misc]
+    _orjson_loads = None  # type: ignore[assignment]
 
 PARQUET_HINT = "parquet export needs pyarrow: pip install 'threadstore[parquet]'"
 
@@ -268,7 +271,17 @@ def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[
         finally:
             result.close()
         return
-    # yield_per: a server-side cursor on PostgreSQL, fetched ``size`` rows at a time.
+    dbapi: Any = conn.connection.dbapi_connection
+    if query.ts_mode == TS_ISO and hasattr(dbapi, "pgconn"):
+        # psycopg 3: its own server-side cursor hands over plain tuples, built in
+        # C; SQLAlchemy's rows would cost more than the rest of the export.
+        compiled = query.statement.compile(dialect=conn.dialect)
+        with dbapi.cursor(name=f"threadstore_export_{id(query):x}") as cursor:
+            cursor.execute(compiled.string, compiled.params)
+            while rows := cursor.fetchmany(size):
+                yield rows
+        return
+    # yield_per: a server-side cursor where the driver has one, ``size`` rows at a time.
     result = conn.execution_options(yield_per=size).execute(query.statement)
     for part in result.partitions():
         if query.ts_mode == TS_DATETIME:
@@ -573,10 +586,18 @@ def _loads(text: str) -> Any:
     Strict JSON only (no NaN or Infinity) and numbers kept as written, which is
     what SQLite's ``json()`` does on the fast path.
     """
+    if _orjson_loads is not None and not _may_hold_float(text):
+        # No float to keep as written: orjson's own integers are exact (those
+        # beyond 64 bits make it fail, and take the path below).
+        with contextlib.suppress(ValueError):
+            return _orjson_loads(text)
     try:
         return _decode_json(text)
     except ValueError:
         return text  # not JSON (written by another tool): keep it as a string
+
+
+_may_hold_float = re.compile(r"[.eE]").search
 
 
 class _Bare(int):
@@ -959,7 +980,7 @@ def export(
             # With the [export] extra, Arrow reads SQLite in C (no Python object
             # per row at all): the fastest path for CSV and Parquet.
             arrow = None
-            if fmt != "jsonl" and _pyarrow() is not None:
+            if fmt != "jsonl" and engine.dialect.name == "sqlite" and _pyarrow() is not None:
                 arrow = _adbc_batches(engine, query, batch_size)
             if arrow is not None:
                 writer = _writer(fmt, sink, query, codec, redact)
