@@ -138,3 +138,60 @@ def test_threads_are_not_children_of_anything() -> None:
     """The thread kind is the root: removing it removes every declared child."""
     assert not THREADS.child_of_thread
     assert all(k.table is not THREADS.table for k in THREAD_CHILDREN)
+
+
+# --------------------------------------------------------------------------- worked example
+
+
+def test_a_declared_column_flows_from_remote_object_to_record_without_other_code() -> None:
+    """README's worked example: a column in the table, record and declaration is mapped
+    from a remote object's field of the same name, upserted by id and read back."""
+    from dataclasses import dataclass as _dataclass
+
+    from sqlalchemy import Column, MetaData, String, Table, create_engine
+
+    from threadstore.codec import Codec
+    from threadstore.models import STR, TS, Kind, UTCDateTime
+
+    md = MetaData()
+    notes = Table(
+        "notes", md,
+        Column("note_id", String(64), primary_key=True),
+        Column("thread_id", String(64), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("text", String(255), nullable=False),
+        Column("mood", String(16), nullable=True),  # the added column
+    )
+
+    @_dataclass(frozen=True)
+    class NoteRecord:
+        note_id: str
+        thread_id: str
+        created_at: datetime
+        text: str
+        mood: str | None = None
+
+    @_dataclass(frozen=True)
+    class RemoteNote:
+        id: str
+        thread_id: str
+        created_at: datetime | None
+        text: str
+        mood: str | None
+
+    notes_kind = Kind(
+        name="notes", table=notes, id_column="note_id", time_column="created_at",
+        record=NoteRecord, child_of_thread=True, encrypted_text=("text",),
+        export=(("note_id", STR), ("created_at", TS), ("text", STR), ("mood", STR)),
+    )
+    codec = Codec()
+    engine = create_engine("sqlite://")
+    md.create_all(engine)
+    remote = RemoteNote("note_1", "thread_1", None, "hello", mood="calm")
+    with engine.begin() as conn:
+        notes_kind.upsert(conn, [notes_kind.from_remote(remote)], codec)
+        notes_kind.upsert(conn, [notes_kind.from_remote(remote)], codec)  # idempotent
+        rows = conn.execute(notes_kind.of_threads(["thread_1"])).mappings().all()
+    (record,) = [notes_kind.to_record(r, codec) for r in rows]
+    assert (record.note_id, record.text, record.mood) == ("note_1", "hello", "calm")
+    engine.dispose()

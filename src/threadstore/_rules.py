@@ -46,7 +46,6 @@ from sqlalchemy import ColumnElement, RowMapping, and_, or_
 from .models import threads
 
 __all__ = [
-    "MAX_RETRY_DELAY",
     "RETRY_BASE",
     "ThreadStatus",
     "claimable",

@@ -32,6 +32,8 @@ from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreErr
 from .store import ThreadStore
 from .sweep import DEFAULT_CONCURRENCY, DEFAULT_LEASE, SweepOptions
 
+__all__ = ["cli", "main"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -901,6 +903,10 @@ def export_command(
       threadstore export threads --since 2026-01-01 --user u1 | jq .
       threadstore export messages --format parquet --redact -o messages.parquet
     """
+    options = export_module.ExportOptions(
+        table=table, fmt=fmt, since=since, until=until, workspace=workspace,
+        user_id=user_id, redact=redact,
+    )
     to_stdout = output == "-"
     if to_stdout and fmt == "parquet" and sys.stdout.isatty():
         fail("parquet is binary: refusing to write it to a terminal (use -o FILE or redirect)")
@@ -918,17 +924,7 @@ def export_command(
     where = "stdout" if to_stdout else output
     try:
         with obj.store() as store:
-            rows = store.export(
-                target,
-                table=table,
-                fmt=fmt,
-                since=since,
-                until=until,
-                workspace=workspace,
-                user_id=user_id,
-                redact=redact,
-                progress=progress,
-            )
+            rows = store.export(target, options, progress=progress)
         if to_stdout:
             target.flush()
             # A reader that left early (`| head -c`) may have lost rows without

@@ -32,7 +32,6 @@ from .errors import ConfigError, StoreError
 
 __all__ = [
     "DEFAULT_URL",
-    "alembic_config",
     "current_revision",
     "head_revision",
     "open_engine",

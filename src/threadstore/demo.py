@@ -38,7 +38,7 @@ from .remote import DashScopeRemote
 from .store import ThreadStore
 from .testing.emulator import Emulator
 
-__all__ = ["DEMO_API_KEY", "DemoError", "DemoSummary", "run_demo"]
+__all__ = ["run_demo"]
 
 DEMO_API_KEY = "sk-threadstore-demo"
 """The key the demo's emulator requires; it is not a DashScope key."""

@@ -89,7 +89,7 @@ from .errors import ConfigError, StoreError
 from .models import BOOL, INT, JSON, KINDS, LEN, TEXT, THREADS, TS, messages, runs, threads
 from .models import kind as declared_kind
 
-__all__ = ["BATCH", "COLUMNS", "FORMATS", "TABLES", "ExportOptions", "export"]
+__all__ = ["COLUMNS", "FORMATS", "TABLES", "ExportOptions", "export"]
 
 TABLES = tuple(name for k in KINDS for name in (k.name, *k.aliases))
 FORMATS = ("jsonl", "csv", "parquet")
@@ -938,19 +938,15 @@ class ExportOptions:
 def export(
     engine: Engine,
     path_or_file: str | Path | IO[Any],
+    options: ExportOptions | None = None,
     *,
     codec: Codec,
-    table: str = "threads",
-    fmt: str = "jsonl",
-    since: datetime | None = None,
-    until: datetime | None = None,
-    workspace: str | None = None,
-    user_id: str | None = None,
-    redact: bool = False,
     progress: Progress | None = None,
-    batch_size: int = BATCH,
+    **keywords: Any,
 ) -> int:
-    """Stream ``table`` to ``path_or_file`` in ``fmt``; returns the rows written.
+    """Stream ``options.table`` to ``path_or_file`` in ``options.fmt``; returns the rows written.
+
+    Without ``options``, ``keywords`` are :class:`ExportOptions`' fields.
 
     ``path_or_file`` is a path (written to a temporary file in the same
     directory and renamed once complete, so a failed export leaves no half
@@ -959,7 +955,13 @@ def export(
     rows written so far. Bad options raise :class:`ConfigError` before anything
     is written; database failures raise :class:`StoreError`.
     """
-    ExportOptions(table, fmt, since, until, workspace, user_id, redact, batch_size)
+    if options is None:
+        options = ExportOptions(**keywords)
+    elif keywords:
+        raise TypeError("give ExportOptions or keywords, not both")
+    table, fmt, redact, batch_size = options.table, options.fmt, options.redact, options.batch_size
+    since, until = options.since, options.until
+    workspace, user_id = options.workspace, options.user_id
     if fmt == "parquet":
         if _pyarrow() is None:
             raise ConfigError(PARQUET_HINT)

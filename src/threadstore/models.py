@@ -133,6 +133,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
 
+def _thread_id() -> Column[Any]:
+    """A child kind's ``thread_id``: the thread it belongs to (removed with it)."""
+    return Column(
+        "thread_id",
+        String(ID),
+        ForeignKey("threads.thread_id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
+def _token_usage() -> tuple[Column[Any], ...]:
+    """DashScope's usage, flattened: prompt, completion and total tokens."""
+    return tuple(
+        Column(name, Integer(), nullable=True)
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+    )
+
+
 threads = Table(
     "threads",
     metadata,
@@ -166,12 +184,7 @@ messages = Table(
     "messages",
     metadata,
     Column("message_id", String(ID), primary_key=True),
-    Column(
-        "thread_id",
-        String(ID),
-        ForeignKey("threads.thread_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _thread_id(),
     Column("role", String(32), nullable=False),
     Column("content", Text(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -186,12 +199,7 @@ runs = Table(
     "runs",
     metadata,
     Column("run_id", String(ID), primary_key=True),
-    Column(
-        "thread_id",
-        String(ID),
-        ForeignKey("threads.thread_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _thread_id(),
     Column("assistant_id", String(ID), nullable=True),
     Column("model", String(128), nullable=True),
     Column("status", String(32), nullable=False),
@@ -200,9 +208,7 @@ runs = Table(
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("failed_at", UTCDateTime(), nullable=True),
     Column("last_error", Text(), nullable=True),
-    Column("prompt_tokens", Integer(), nullable=True),
-    Column("completion_tokens", Integer(), nullable=True),
-    Column("total_tokens", Integer(), nullable=True),
+    *_token_usage(),
     # JSON list: the calls the run asked for in requires_action, with the outputs given.
     Column("tool_calls", Text(), nullable=True),
     Index(None, "thread_id", "created_at"),
@@ -214,12 +220,7 @@ run_steps = Table(
     metadata,
     Column("step_id", String(ID), primary_key=True),
     Column("run_id", String(ID), nullable=False),
-    Column(
-        "thread_id",
-        String(ID),
-        ForeignKey("threads.thread_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _thread_id(),
     Column("assistant_id", String(ID), nullable=True),
     Column("type", String(32), nullable=False),  # message_creation | tool_calls
     Column("status", String(32), nullable=False),
@@ -227,9 +228,7 @@ run_steps = Table(
     # JSON list of {id, type, name, arguments, output}: tool calls live with their step.
     Column("tool_calls", Text(), nullable=True),
     Column("last_error", Text(), nullable=True),
-    Column("prompt_tokens", Integer(), nullable=True),
-    Column("completion_tokens", Integer(), nullable=True),
-    Column("total_tokens", Integer(), nullable=True),
+    *_token_usage(),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("failed_at", UTCDateTime(), nullable=True),

@@ -28,7 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .errors import ConfigError, RemoteAuthError, ThreadStoreError
 
-__all__ = ["JOB_ID", "default_jitter", "parse_duration", "run_blocking", "start_background"]
+__all__ = ["default_jitter", "parse_duration", "run_blocking", "start_background"]
 
 log = logging.getLogger("threadstore.schedule")
 

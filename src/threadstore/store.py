@@ -57,7 +57,7 @@ from .errors import (
     ThreadExpired,
     ThreadNotFound,
 )
-from .export import Progress
+from .export import ExportOptions, Progress
 from .export import export as export_table
 from .models import (
     ASSISTANTS,
@@ -1024,6 +1024,7 @@ class ThreadStore:
     def export(
         self,
         path_or_file: str | Path | IO[Any],
+        options: ExportOptions | None = None,
         *,
         table: str = "threads",
         fmt: str = "jsonl",
@@ -1044,19 +1045,21 @@ class ThreadStore:
         text and metadata values. ``path_or_file`` is a path (replaced only once
         the export is complete) or an open file object. Memory stays flat: rows
         stream from a server-side cursor in batches. See :mod:`threadstore.export`.
+        Instead of the keywords, an :class:`~threadstore.export.ExportOptions` may
+        be passed as ``options``.
         """
+        if options is None:
+            options = ExportOptions(
+                table=table,
+                fmt=fmt,
+                since=since,
+                until=until,
+                workspace=workspace,
+                user_id=user_id,
+                redact=redact,
+            )
         return export_table(
-            self.engine,
-            path_or_file,
-            codec=self.codec,
-            table=table,
-            fmt=fmt,
-            since=since,
-            until=until,
-            workspace=workspace,
-            user_id=user_id,
-            redact=redact,
-            progress=progress,
+            self.engine, path_or_file, options, codec=self.codec, progress=progress
         )
 
     def stats(self, *, older_than: timedelta = DEFAULT_OLDER_THAN) -> Stats:
