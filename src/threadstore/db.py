@@ -9,20 +9,36 @@
 * :func:`write` opens the one transaction of a write operation; :func:`read` a
   read-only one (``DEFERRED`` on SQLite, so exports never block writers).
 * :func:`upgrade` migrates to head under a cross-process lock; it is what
-  ``ThreadStore(url)`` calls on open. The Alembic scripts ship inside the wheel
-  (``threadstore/_migrations``) and live in ``migrations/`` in a checkout.
+  ``ThreadStore(url)`` calls on open. :func:`inspect_store` looks at a database
+  without creating or changing anything (read-only commands open through it).
+  The Alembic scripts ship inside the wheel (``threadstore/_migrations``) and
+  live in ``migrations/`` in a checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Select, Table, create_engine, event, insert, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    text,
+)
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -32,8 +48,10 @@ from .errors import ConfigError, StoreError
 
 __all__ = [
     "DEFAULT_URL",
+    "StoreState",
     "current_revision",
     "head_revision",
+    "inspect_store",
     "open_engine",
     "read",
     "safe_url",
@@ -99,6 +117,16 @@ class _SQLiteCompiler(SQLiteCompiler):
 
     def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
         return text
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for other backends and in-memory databases."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
 
 
 def _sqlite_events(engine: Engine, *, memory: bool) -> None:
@@ -279,6 +307,103 @@ def downgrade(engine: Engine, revision: str) -> None:
     with write(engine) as conn:
         _lock_for_migration(conn)
         command.downgrade(alembic_config(conn), revision)
+
+
+# ------------------------------------------------------------------------- store state
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What :func:`inspect_store` found at a database URL.
+
+    ``state`` is one of ``missing`` (no SQLite file), ``empty`` (no tables),
+    ``foreign`` (tables, but no threadstore schema), ``behind`` (an older schema:
+    ``threadstore db upgrade``), ``head`` (ready), ``newer`` (a schema this
+    threadstore does not know). ``url`` has its password masked.
+    """
+
+    url: str
+    state: str
+    revision: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True when the store can be used as it is (schema at head)."""
+        return self.state == "head"
+
+    def problem(self) -> str | None:
+        """One line saying what is wrong and what to do; None when ready."""
+        check = "check --db / THREADSTORE_DATABASE_URL"
+        if self.state == "missing":
+            return (f"no threadstore store at {self.url} (no such file): {check}, "
+                    "or create it with 'threadstore db upgrade'")
+        if self.state == "empty":
+            return (f"the database at {self.url} is empty (no threadstore schema): {check}, "
+                    "or create the schema with 'threadstore db upgrade'")
+        if self.state == "foreign":
+            return (f"the database at {self.url} is not a threadstore store: {check}, "
+                    "or add threadstore's tables with 'threadstore db upgrade'")
+        if self.state == "behind":
+            return (f"the store at {self.url} is at schema {self.revision}, this threadstore "
+                    f"needs {SCHEMA_HEAD}: run 'threadstore db upgrade'")
+        if self.state == "newer":
+            return (f"the store at {self.url} is at schema {self.revision}, newer than this "
+                    f"threadstore knows ({SCHEMA_HEAD}): upgrade threadstore")
+        return None
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return {script.revision for script in scripts.walk_revisions()}
+
+
+def inspect_store(url: str | URL | Engine) -> StoreState:
+    """Look at the database at ``url`` without creating, migrating or changing anything.
+
+    A missing SQLite file stays missing (no engine is even made). Raises
+    :class:`ConfigError` for a bad URL or a database that cannot be reached.
+    """
+    if isinstance(url, Engine):
+        engine, owned = url, False
+    else:
+        parsed = _parse(url)
+        path = _sqlite_file(parsed)
+        if path is not None and not path.exists():
+            return StoreState(safe_url(parsed), "missing")
+        if path is not None:
+            # Read-only, and none of open_engine's pragmas: WAL would write a header
+            # into an empty file, or convert somebody else's database.
+            uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+            engine = create_engine(
+                parsed, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+            )
+            owned = True
+        else:
+            engine, owned = open_engine(parsed), True
+    shown = safe_url(engine.url)
+    try:
+        with read(engine) as conn:
+            tables = set(inspect(conn).get_table_names())
+            if not tables:
+                return StoreState(shown, "empty")
+            if "alembic_version" not in tables:
+                return StoreState(shown, "foreign")
+            revision = current_revision(conn)
+    except StoreError as exc:
+        cause = exc.__cause__
+        detail = _short(cause) if isinstance(cause, SQLAlchemyError) else str(exc)
+        raise ConfigError(f"cannot open database {shown}: {detail}") from exc
+    finally:
+        if owned:
+            engine.dispose()
+    if revision is None:
+        return StoreState(shown, "empty")
+    if revision == SCHEMA_HEAD:
+        return StoreState(shown, "head", revision)
+    state = "behind" if revision in _known_revisions() else "newer"
+    return StoreState(shown, state, revision)
 
 
 def _short(exc: SQLAlchemyError) -> str:
