@@ -6,12 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from threadstore import ThreadStore
+from threadstore.testing import FakeRemote
+
 HEAVY = ("apscheduler", "threadstore.demo", "threadstore.testing")
 
 
 def test_stats_imports_no_demo_emulator_or_scheduler(tmp_path: Path) -> None:
     """`python -X importtime -m threadstore stats` lists none of the heavy modules."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
+    # `stats` only reads (issue 13): the store must exist before it runs.
+    ThreadStore(url, remote=FakeRemote()).close()
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "threadstore", "--db", url, "stats"],
         capture_output=True, text=True, timeout=120, check=False,

@@ -50,10 +50,19 @@ class Context:
         self.db_url = db_url
         self.verbosity = verbosity
 
+    @property
+    def url(self) -> str:
+        return self.db_url or db.DEFAULT_URL
+
     @contextmanager
-    def store(self, **kwargs: Any) -> Iterator[ThreadStore]:
-        """Open the store named by ``--db`` / ``THREADSTORE_DATABASE_URL``."""
-        store = ThreadStore(self.db_url or db.DEFAULT_URL, **kwargs)
+    def store(self, *, read_only: bool = False, **kwargs: Any) -> Iterator[ThreadStore]:
+        """Open the store named by ``--db`` / ``THREADSTORE_DATABASE_URL``.
+
+        ``read_only``: a command that only reads never creates or migrates a store
+        (a mistyped path in a crontab must not look like "no data"): exit 2 with
+        one line naming the URL unless a store at the current schema is there.
+        """
+        store = ThreadStore(self.url, create=not read_only, **kwargs)
         try:
             yield store
         finally:
@@ -394,44 +403,41 @@ def db_downgrade(obj: Context, revision: str, yes: bool) -> None:
 @db_option
 @pass_ctx
 def db_current(obj: Context) -> None:
-    """Print the schema revision of the database (empty line if none).
+    """Print the schema revision of the store (creates nothing).
+
+    A missing SQLite file, an empty database or one without threadstore's schema
+    is exit 2 with one line that says so.
 
     \b
     Example:
       threadstore --db sqlite:///app.db db current
     """
-    engine = _engine(obj)
-    try:
-        with db.read(engine) as conn:
-            click.echo(db.current_revision(conn) or "")
-    except Exception as exc:
-        raise ConfigError(f"cannot open database {db.safe_url(engine.url)}: {exc}") from exc
-    finally:
-        engine.dispose()
+    found = db.inspect_store(obj.url)
+    if found.revision is None:
+        fail(found.problem() or f"no schema revision at {found.url}")
+    click.echo(found.revision)
 
 
 @db_group.command("check")
 @db_option
 @pass_ctx
 def db_check(obj: Context) -> None:
-    """Exit 0 if the schema is at head, 1 if a migration is pending.
+    """Exit 0 if the schema is at head, 1 if a migration is pending (creates nothing).
+
+    Exit 2 when there is no store at all (missing file, empty or foreign database).
 
     \b
     Example:
       threadstore db check || threadstore db upgrade
     """
-    engine = _engine(obj)
-    try:
-        with db.read(engine) as conn:
-            current = db.current_revision(conn)
-    finally:
-        engine.dispose()
-    head = db.head_revision()
-    if current == head:
-        click.echo(f"up to date ({head})", err=True)
+    found = db.inspect_store(obj.url)
+    if found.ready:
+        click.echo(f"up to date ({found.revision})", err=True)
         return
-    click.echo(f"schema at {current or 'nothing'}, head is {head}: run 'threadstore db upgrade'",
-               err=True)
+    problem = found.problem() or found.state
+    if found.revision is None:
+        fail(problem)
+    click.echo(problem, err=True)
     sys.exit(EXIT_FAILED)
 
 
@@ -582,7 +588,7 @@ def verify_command(
       threadstore verify --fix --max-rps 20
       threadstore verify --json > drift.json
     """
-    with obj.store() as store:
+    with obj.store(read_only=True) as store:
         report = store.verify(fix=fix, concurrency=concurrency, max_rps=max_rps)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -923,7 +929,7 @@ def export_command(
 
     where = "stdout" if to_stdout else output
     try:
-        with obj.store() as store:
+        with obj.store(read_only=True) as store:
             rows = store.export(target, options, progress=progress)
         if to_stdout:
             target.flush()
@@ -962,7 +968,7 @@ def stats_command(obj: Context, as_json: bool, days: float) -> None:
       threadstore stats
       threadstore stats --days 30 --json
     """
-    with obj.store() as store:
+    with obj.store(read_only=True) as store:
         stats = store.stats(older_than=timedelta(days=days))
     data = stats.to_dict()
     if as_json:
@@ -1008,7 +1014,7 @@ def list_command(
     filters: dict[str, Any] = {"user_id": user_id, "workspace": workspace,
                                "inactive_for": inactive}
     more = 0
-    with obj.store() as store:
+    with obj.store(read_only=True) as store:
         # One row past the limit tells whether there are more, at no extra cost;
         # only then are the rest counted, and never more than LIST_COUNT_CAP of them.
         found = store.list_threads(**filters, limit=limit + 1)
@@ -1057,7 +1063,7 @@ def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
       threadstore show thread_0123abcd
       threadstore show thread_0123abcd --json | jq '.messages[].content'
     """
-    with obj.store() as store:
+    with obj.store(read_only=True) as store:
         thread = store.get_thread(thread_id)
         children = store.children(thread_id)
     if as_json:

@@ -177,6 +177,11 @@ class ThreadStore:
     encrypted at rest; ``old_keys`` (default ``THREADSTORE_ENCRYPTION_OLD_KEYS``)
     still decrypt what earlier keys wrote, for rotation (:meth:`rotate_key`).
 
+    ``create=False`` opens only an existing store whose schema is at head and
+    creates, migrates and changes nothing (threadstore's read-only commands open
+    this way): :class:`~threadstore.errors.ConfigError`, naming the URL and the
+    fix, for a missing file, an empty or foreign database, or another schema.
+
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -189,7 +194,15 @@ class ThreadStore:
         old_keys: Sequence[str] = (),
         migrate: bool = True,
         owner: str | None = None,
+        create: bool = True,
     ) -> None:
+        if not create:
+            # Before any engine exists: opening a SQLite URL would create the file.
+            found = db.inspect_store(url if isinstance(url, Engine) else url or db.DEFAULT_URL)
+            problem = found.problem()
+            if problem is not None:
+                raise ConfigError(problem)
+            migrate = False
         self._owns_engine = not isinstance(url, Engine)
         self.engine: Engine = (
             url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
@@ -201,9 +214,10 @@ class ThreadStore:
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.trust = Trust(self.remote)
         self._closed = False
-        if migrate:
+        if migrate or not create:
             try:
-                db.upgrade(self.engine)
+                if migrate:
+                    db.upgrade(self.engine)
                 self._check_key()
             except Exception:
                 if self._owns_engine:
