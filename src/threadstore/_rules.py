@@ -48,6 +48,7 @@ from .models import threads
 __all__ = [
     "RETRY_BASE",
     "ThreadStatus",
+    "backing_off",
     "claimable",
     "expired",
     "is_active",
@@ -125,6 +126,12 @@ def row_lease_live(row: RowMapping | Mapping[str, Any], now: datetime) -> bool:
 def not_backing_off(started: datetime) -> ColumnElement[bool]:
     """SQL: no retry is pending after ``started`` (a failed delete is due again)."""
     return or_(_t.next_attempt_at.is_(None), _t.next_attempt_at <= started)
+
+
+def backing_off(started: datetime) -> ColumnElement[bool]:
+    """SQL: a retry is pending after ``started`` (the complement of :func:`not_backing_off`,
+    written so that the ``next_attempt_at`` index can find the rows)."""
+    return _t.next_attempt_at > started
 
 
 def claimable(*, now: datetime, cutoff: datetime, started: datetime) -> ColumnElement[bool]:

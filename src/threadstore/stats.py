@@ -12,7 +12,7 @@ passed) or it has none and it has been idle longer than ``older_than``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from . import _rules as rules
 from .errors import ConfigError
-from .models import assistants, deletions, messages, run_steps, runs, threads, utcnow
+from .models import DELETIONS, KINDS, RUNS, THREADS, deletions, messages, runs, threads, utcnow
 
 __all__ = ["Stats", "ThreadCounts", "compute", "thread_counts"]
 
@@ -76,6 +76,15 @@ class Stats:
         return out
 
 
+# Row counts for every declared kind that Stats has a field (a stable key) for;
+# threads, runs and deletions get richer aggregates of their own below.
+_COUNTED = tuple(
+    k
+    for k in KINDS
+    if k.name in {f.name for f in fields(Stats)} and k not in (THREADS, RUNS, DELETIONS)
+)
+
+
 def _int(value: Any) -> int:
     return int(value or 0)
 
@@ -110,9 +119,10 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         .order_by(t.next_attempt_at.asc().nulls_first(), t.thread_id)
         .limit(1)
     ).first()
-    n_messages = conn.execute(select(func.count()).select_from(messages)).scalar_one()
-    n_steps = conn.execute(select(func.count()).select_from(run_steps)).scalar_one()
-    n_assistants = conn.execute(select(func.count()).select_from(assistants)).scalar_one()
+    counts = {
+        kind.name: _int(conn.execute(select(func.count()).select_from(kind.table)).scalar_one())
+        for kind in _COUNTED
+    }
     usage = conn.execute(
         select(
             func.count(),
@@ -142,10 +152,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         failed_max_attempts=_int(row[6]),
         failed_oldest_error=failed[0] if failed else None,
         failed_next_attempt_at=failed[1] if failed else None,
-        messages=_int(n_messages),
         runs=_int(usage[0]),
-        run_steps=_int(n_steps),
-        assistants=_int(n_assistants),
+        **counts,
         prompt_tokens=_int(usage[1]),
         completion_tokens=_int(usage[2]),
         total_tokens=_int(usage[3]),

@@ -515,7 +515,7 @@ def _count_blocked(
     expired = rules.expired(now=started, cutoff=cutoff)
     now = utcnow()
     backing_off = db.walk_index(
-        select(threads.c.thread_id).where(expired, threads.c.next_attempt_at > started),
+        select(threads.c.thread_id).where(expired, rules.backing_off(started)),
         threads,
         "next_attempt_at",
     )
