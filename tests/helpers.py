@@ -9,6 +9,7 @@ from sqlalchemy import Engine, Table, select, update
 
 from threadstore import ThreadStore
 from threadstore.models import deletions, threads
+from threadstore.testing import backdate
 
 
 class _KnowsThreads(Protocol):
@@ -28,7 +29,7 @@ def expired(store: ThreadStore, n: int, *, idle: timedelta = timedelta(days=10))
     ids = []
     for i in range(n):
         t = store.create_thread(user_id=f"u{i % 3}", metadata={"i": i})
-        store.touch(t.thread_id, at=now() - idle)
+        backdate(store, t.thread_id, now() - idle)
         ids.append(t.thread_id)
     return ids
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from threadstore import ThreadStore
 from threadstore.cli import cli
-from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing import Emulator, FakeRemote, backdate
 
 UTC = timezone.utc
 THREADSTORE = [sys.executable, "-m", "threadstore"]
@@ -27,7 +27,7 @@ def _seed(url: str, n: int, *, idle: timedelta | None = None, text: str = "hello
             t = store.create_thread(user_id=f"u{i % 3}", metadata={"i": i})
             store.add_message(t.thread_id, text)
             if idle is not None:
-                store.touch(t.thread_id, at=datetime.now(UTC) - idle)
+                backdate(store, t.thread_id, datetime.now(UTC) - idle)
             ids.append(t.thread_id)
     return ids
 
@@ -164,7 +164,7 @@ def test_a_failed_deletion_is_one_line_on_stderr(
 ) -> None:
     """Each failed delete appears once: no WARNING log line beside "kept for retry"."""
     t = store.create_thread(user_id="u")
-    store.touch(t.thread_id, at=datetime.now(UTC) - timedelta(days=10))
+    backdate(store, t.thread_id, datetime.now(UTC) - timedelta(days=10))
     emulator.fail("threads.delete", status=500)
     result = CliRunner().invoke(cli, ["--db", db_url, "sweep", "--days", "7"])
     assert result.exit_code == 1

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from threadstore import ThreadStore
 from threadstore.cli import cli
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 UTC = timezone.utc
 
@@ -38,7 +38,7 @@ def seeded(db_url: str) -> Seeded:
         b = store.create_thread(user_id="u2", workspace="ws1")
         store.add_message(b.thread_id, "你好 🎉")
         store.pin(b.thread_id)
-        store.touch(b.thread_id, at=datetime.now(UTC) - timedelta(days=10))
+        backdate(store, b.thread_id, datetime.now(UTC) - timedelta(days=10))
     return Seeded(db_url, a.thread_id, b.thread_id)
 
 

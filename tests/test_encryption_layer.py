@@ -21,7 +21,7 @@ from threadstore.cli import cli
 from threadstore.codec import PREFIX, to_json
 from threadstore.export import FORMATS, TABLES
 from threadstore.models import KINDS
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 SECRET_TEXT = "the secret message"
 SECRET_META = "secret-metadata-value"
@@ -68,7 +68,7 @@ def test_no_read_path_returns_ciphertext(
             assert result.exit_code == 0, result.output
             outputs[" ".join(args)] = result.output
 
-        store.touch(tid, at=datetime.now(timezone.utc) - timedelta(days=30))
+        backdate(store, tid, datetime.now(timezone.utc) - timedelta(days=30))
         archive = io.StringIO()
         assert store.sweep(timedelta(days=7), archive=archive).deleted == 1
         outputs["archive"] = archive.getvalue()

@@ -20,7 +20,7 @@ from helpers import set_row
 from threadstore import ConfigError, ThreadStore
 from threadstore import export as export_module
 from threadstore.models import deletions, messages, runs, threads
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -49,16 +49,16 @@ def populated(db_url: str) -> Iterator[ThreadStore]:
         set_row(store, runs, run.run_id, created_at=_at(2))
         for m in run.messages:  # the reply, on day 5
             set_row(store, messages, m.message_id, created_at=_at(5))
-        store.touch(a.thread_id, at=_at(5))
+        backdate(store, a.thread_id, _at(5))
 
         b = store.create_thread(user_id="u2", workspace="ws1", metadata={"k": "v"})
         m = store.add_message(b.thread_id, "hello from ws1")
         set_row(store, messages, m.message_id, created_at=_at(1))
         store.pin(b.thread_id)
-        store.touch(b.thread_id, at=_at(1))
+        backdate(store, b.thread_id, _at(1))
 
         c = store.create_thread(user_id="u2", ttl=timedelta(days=30))
-        store.touch(c.thread_id, at=_at(3))
+        backdate(store, c.thread_id, _at(3))
 
         gone = store.create_thread(user_id="u1", workspace="ws1")
         store.delete_thread(gone.thread_id)

@@ -16,13 +16,13 @@ from threadstore import DashScopeRemote, RemoteUnavailable, ThreadStore
 from threadstore.cli import cli
 from threadstore.errors import ArchiveError, RunTimeout, StoreError
 from threadstore.models import KINDS, RUNS, THREAD_CHILDREN, THREADS, deletions
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 ISO_UTC_MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
 
 def _old(store: ThreadStore, tid: str) -> None:
-    store.touch(tid, at=datetime.now(timezone.utc) - timedelta(days=10))
+    backdate(store, tid, datetime.now(timezone.utc) - timedelta(days=10))
 
 
 # --------------------------------------------------------------------------- declarations
@@ -70,7 +70,7 @@ def test_archive_show_and_jsonl_export_write_records_the_same_way(
     with ThreadStore(sqlite_url, remote=fake) as store:
         t = store.create_thread(user_id="u1", metadata={"k": "v"})
         store.add_message(t.thread_id, "hi")
-        store.touch(t.thread_id, at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+        backdate(store, t.thread_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
         shown = CliRunner().invoke(cli, ["--db", sqlite_url, "show", t.thread_id, "--json"])
         store.export(tmp_path / "t.jsonl", table="threads")
         archive = io.StringIO()

@@ -10,7 +10,7 @@ from threadstore import ThreadStore
 from threadstore._rules import ThreadStatus
 from threadstore.stats import compute
 from threadstore.sweep import SweepOptions, sweep_expired
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 WEEK = timedelta(days=7)
@@ -32,7 +32,7 @@ def test_sweep_and_stats_agree_at_the_exact_expiry_boundary(
     with ThreadStore(db_url, remote=FakeRemote()) as store:
         thread = store.create_thread(user_id="u1", ttl=ttl)
         idle = ttl or WEEK
-        store.touch(thread.thread_id, at=T - idle)
+        backdate(store, thread.thread_id, T - idle)
         assert _expired_by_sweep_and_stats(store, T) == (0, 0)
         assert _expired_by_sweep_and_stats(store, T + timedelta(microseconds=1)) == (1, 1)
 

@@ -17,7 +17,7 @@ from threadstore import ConfigError, DashScopeRemote, ThreadStore
 from threadstore.cli import _RedactingFormatter, cli
 from threadstore.codec import ENV_KEY, ENV_OLD_KEYS
 from threadstore.models import messages, threads
-from threadstore.testing import Emulator
+from threadstore.testing import Emulator, backdate
 
 API_KEY = "sk-test-0123456789abcdef"  # the key conftest gives the emulator and the SDK
 SECRET_TEXT = "my bank PIN is 4711-zebra-quokka"
@@ -81,7 +81,7 @@ def test_api_key_is_in_no_file_and_no_log_line(
         store.delete_thread(gone.thread_id)
         old = [store.create_thread(user_id="u3") for _ in range(3)]
         for t in old:
-            store.touch(t.thread_id, at=t.last_active - timedelta(days=30))
+            backdate(store, t.thread_id, t.last_active - timedelta(days=30))
         emulator.fail("threads.delete", status=500, times=1)
         store.sweep(timedelta(days=7), archive=export_dir / "archive.jsonl", retry_base=0)
         store.sweep(timedelta(days=7), archive=export_dir / "archive.jsonl", retry_base=0)
@@ -106,7 +106,7 @@ def test_api_key_is_not_on_the_cli_stderr_at_debug(
 ) -> None:
     """`-vv` commands, including failing ones, never print the key."""
     t = store.create_thread(user_id="u1", messages=[{"role": "user", "content": "hi"}])
-    store.touch(t.thread_id, at=t.last_active - timedelta(days=30))
+    backdate(store, t.thread_id, t.last_active - timedelta(days=30))
     outputs = []
     runner = CliRunner()
     for args in (

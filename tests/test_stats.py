@@ -12,7 +12,7 @@ from sqlalchemy import update
 from helpers import set_thread as _set_thread
 from threadstore import ConfigError, ThreadStore
 from threadstore.models import deletions, threads, utcnow
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 STABLE_KEYS = [
     "generated_at", "older_than_seconds", "threads", "threads_active", "threads_expired",
@@ -36,24 +36,24 @@ def stocked(db_url: str) -> Iterator[ThreadStore]:
         store.run(fresh.thread_id, assistant_id="asst_1", poll_interval=0.01)  # +1 message
 
         idle = store.create_thread(user_id="u1")
-        store.touch(idle.thread_id, at=now - timedelta(days=10))
+        backdate(store, idle.thread_id, now - timedelta(days=10))
 
         pinned_old = store.create_thread(user_id="u2")
         store.pin(pinned_old.thread_id)
-        store.touch(pinned_old.thread_id, at=now - timedelta(days=30))
+        backdate(store, pinned_old.thread_id, now - timedelta(days=30))
 
         own_ttl = store.create_thread(user_id="u2", ttl=timedelta(hours=1))
-        store.touch(own_ttl.thread_id, at=now - timedelta(hours=2))  # expired by its own TTL
+        backdate(store, own_ttl.thread_id, now - timedelta(hours=2))  # expired by its own TTL
 
         long_ttl = store.create_thread(user_id="u2", ttl=timedelta(days=60))
-        store.touch(long_ttl.thread_id, at=now - timedelta(days=20))  # idle, but within its TTL
+        backdate(store, long_ttl.thread_id, now - timedelta(days=20))  # idle, but within its TTL
 
         failing = store.create_thread(user_id="u3")
-        store.touch(failing.thread_id, at=now - timedelta(days=9))
+        backdate(store, failing.thread_id, now - timedelta(days=9))
         _set_thread(store, failing.thread_id, attempts=3, last_error="HTTP 500 first",
                     next_attempt_at=now + timedelta(minutes=5))
         claimed = store.create_thread(user_id="u3")
-        store.touch(claimed.thread_id, at=now - timedelta(days=8))
+        backdate(store, claimed.thread_id, now - timedelta(days=8))
         _set_thread(store, claimed.thread_id, attempts=1, last_error="HTTP 429 later",
                     next_attempt_at=now + timedelta(minutes=30), lease_owner="host:1",
                     lease_expires_at=now + timedelta(minutes=5))

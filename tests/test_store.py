@@ -23,7 +23,7 @@ from threadstore import (
     ThreadStore,
 )
 from threadstore.models import deletions, messages, threads
-from threadstore.testing import Emulator
+from threadstore.testing import Emulator, backdate
 
 
 def _count(store: ThreadStore, table: Any) -> int:
@@ -281,7 +281,7 @@ def test_pin_ttl_touch_and_list_filters(store: ThreadStore) -> None:
     """pin/unpin/set_ttl/touch change only local fields; list_threads filters on them."""
     old, new = store.create_thread(user_id="a"), store.create_thread(user_id="b")
     ten_days_ago = datetime.now(timezone.utc) - timedelta(days=10)
-    assert store.touch(old.thread_id, at=ten_days_ago).last_active == ten_days_ago
+    assert backdate(store, old.thread_id, ten_days_ago).last_active == ten_days_ago
     assert [t.thread_id for t in store.list_threads(inactive_for=timedelta(days=7))] == [
         old.thread_id
     ]

@@ -44,7 +44,7 @@ from threadstore.sweep import (
     release_thread,
     remove_local,
 )
-from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing import Emulator, FakeRemote, backdate
 
 WEEK = timedelta(days=7)
 FAST = 0.01  # retry_base for tests: retries come due almost at once
@@ -59,7 +59,7 @@ def test_sweep_deletes_expired_threads_remote_then_local(
     """Expired threads vanish remotely and locally (messages too); fresh ones stay; all logged."""
     old = _expired(store, 3)
     store.add_message(old[0], "hello")
-    store.touch(old[0], at=_now() - timedelta(days=10))
+    backdate(store, old[0], _now() - timedelta(days=10))
     fresh = store.create_thread(user_id="u9").thread_id
 
     report = store.sweep(WEEK)
@@ -164,7 +164,7 @@ def test_pinned_and_own_ttl_threads(store: ThreadStore, emulator: Emulator) -> N
     store.pin(pinned)
     store.set_ttl(long_ttl, timedelta(days=30))  # idle 10 days < 30: stays
     store.set_ttl(short_ttl, timedelta(hours=1))
-    store.touch(short_ttl, at=_now() - timedelta(hours=2))  # idle 2 h > 1 h: goes
+    backdate(store, short_ttl, _now() - timedelta(hours=2))  # idle 2 h > 1 h: goes
 
     report = store.sweep(WEEK)
 
@@ -195,7 +195,7 @@ def test_dry_run_deletes_nothing(store: ThreadStore, emulator: Emulator) -> None
 def test_limit_caps_the_sweep(store: ThreadStore, emulator: Emulator) -> None:
     """limit=N deletes at most N threads, the longest idle first."""
     ids = _expired(store, 5)
-    store.touch(ids[4], at=_now() - timedelta(days=20))
+    backdate(store, ids[4], _now() - timedelta(days=20))
 
     report = store.sweep(WEEK, limit=2)
 
@@ -300,7 +300,7 @@ def test_archive_holds_decrypted_threads_messages_and_runs(
         t = store.create_thread(user_id="u1", metadata={"topic": "secret"})
         store.add_message(t.thread_id, "the message")
         store.run(t.thread_id, assistant_id="asst_1", poll_interval=0.01)
-        store.touch(t.thread_id, at=_now() - timedelta(days=10))
+        backdate(store, t.thread_id, _now() - timedelta(days=10))
         path = tmp_path / "archive.jsonl"
 
         report = store.sweep(WEEK, archive=path)
@@ -320,7 +320,7 @@ def test_archive_holds_decrypted_threads_messages_and_runs(
 def test_archive_to_an_open_file(fake_store: ThreadStore, fake: FakeRemote) -> None:
     """archive= also takes an open text file, which is left open."""
     tid = fake_store.create_thread().thread_id
-    fake_store.touch(tid, at=_now() - timedelta(days=10))
+    backdate(fake_store, tid, _now() - timedelta(days=10))
     out = io.StringIO()
 
     fake_store.sweep(WEEK, archive=out)
@@ -333,7 +333,7 @@ def test_archive_that_cannot_be_opened_changes_nothing(
 ) -> None:
     """An unwritable archive path is a ConfigError before anything is deleted."""
     tid = fake_store.create_thread().thread_id
-    fake_store.touch(tid, at=_now() - timedelta(days=10))
+    backdate(fake_store, tid, _now() - timedelta(days=10))
     with pytest.raises(ConfigError, match="archive"):
         fake_store.sweep(WEEK, archive=tmp_path / "no" / "such" / "dir.jsonl")
     assert fake.thread_exists(tid)
@@ -361,7 +361,7 @@ def test_max_rps_and_concurrency_options(fake_store: ThreadStore, fake: FakeRemo
     """A paced, single-worker sweep still deletes everything."""
     for _ in range(5):
         tid = fake_store.create_thread().thread_id
-        fake_store.touch(tid, at=_now() - timedelta(days=10))
+        backdate(fake_store, tid, _now() - timedelta(days=10))
 
     report = fake_store.sweep(WEEK, concurrency=1, max_rps=200)
 
@@ -373,7 +373,7 @@ def test_progress_reports_every_thread(fake_store: ThreadStore) -> None:
     """progress(done, total) ends at (n, n)."""
     for _ in range(3):
         tid = fake_store.create_thread().thread_id
-        fake_store.touch(tid, at=_now() - timedelta(days=10))
+        backdate(fake_store, tid, _now() - timedelta(days=10))
     seen: list[tuple[int, int]] = []
 
     fake_store.sweep(WEEK, progress=lambda done, total: seen.append((done, total)))
@@ -384,7 +384,7 @@ def test_progress_reports_every_thread(fake_store: ThreadStore) -> None:
 def test_preset_stop_releases_everything(fake_store: ThreadStore, fake: FakeRemote) -> None:
     """A sweep asked to stop deletes nothing and leaves no lease behind."""
     tid = fake_store.create_thread().thread_id
-    fake_store.touch(tid, at=_now() - timedelta(days=10))
+    backdate(fake_store, tid, _now() - timedelta(days=10))
     stop = threading.Event()
     stop.set()
 
@@ -603,6 +603,7 @@ def test_database_failure_while_finishing_leaves_no_orphan(
         if statement.lstrip().upper().startswith("DELETE FROM THREADS"):
             raise OperationalError(statement, {}, Exception("disk full (injected)"))
 
+    store.remote.timeout = 0.45  # type: ignore[attr-defined]  # a 1 s lease needs < 0.5 s
     event.listen(store.engine, "before_cursor_execute", boom)
     try:
         with pytest.raises(StoreError):

@@ -150,7 +150,7 @@ def test_killed_sweeper_leaves_no_orphan_and_a_rerun_finishes(
     with ThreadStore(db_url, remote=remote) as store:
         ids = _seed(store, emulator, 48)
         emulator.set_latency(0.5, op="threads.delete")
-        proc = _sweeper(db_url, "--lease", "1", "--concurrency", "8")
+        proc = _sweeper(db_url, "--lease", "2", "--timeout", "0.9", "--concurrency", "8")
         try:
             deadline = time.monotonic() + 30
             while emulator.count("threads.delete") < 8:  # the first wave answered ...
@@ -170,9 +170,9 @@ def test_killed_sweeper_leaves_no_orphan_and_a_rerun_finishes(
         assert left, "the sweeper finished before it was killed"
         assert any(not emulator.thread_exists(t) for t in left), "no delete was cut off"
 
-        time.sleep(max(0.0, killed + 1.1 - time.monotonic()))  # its 1 s leases run out
+        time.sleep(max(0.0, killed + 2.1 - time.monotonic()))  # its 2 s leases run out
         emulator.set_latency(0.01, op="threads.delete")
-        rerun = _sweeper(db_url, "--lease", "1")
+        rerun = _sweeper(db_url, "--lease", "2", "--timeout", "0.9")
         _out, err = rerun.communicate(timeout=60)
         assert rerun.returncode == 0, err
         assert _local_ids(store.engine) == set()

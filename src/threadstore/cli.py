@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -29,8 +30,9 @@ from . import db
 from . import export as export_module
 from .codec import jsonable, to_json
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
+from .remote import DashScopeRemote
 from .store import ThreadStore
-from .sweep import DEFAULT_CONCURRENCY, DEFAULT_LEASE, SweepOptions
+from .sweep import DEFAULT_CONCURRENCY, DEFAULT_LEASE, SweepOptions, check_lease
 
 __all__ = ["cli", "main"]
 
@@ -79,6 +81,71 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
     click.echo(f"threadstore, version {__version__}")
     ctx.exit()
+
+
+class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A finite number within bounds: NaN, infinities and out-of-range values are
+    usage errors (exit 2, one line), never a traceback further down.
+
+    click's own ``FloatRange`` lets ``nan`` through (every comparison with it is
+    false) and ``inf``/``1e18`` overflow dates later; every numeric option of
+    every command uses this type instead.
+    """
+
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        *,
+        integer: bool = False,
+        low_open: bool = False,
+        unit: str = "",
+    ) -> None:
+        self.low, self.high, self.integer, self.low_open, self.unit = (
+            low, high, integer, low_open, unit
+        )
+        self.name = "integer" if integer else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            number: float = (
+                value if isinstance(value, int | float) else
+                int(str(value).strip()) if self.integer else float(str(value).strip())
+            )
+        except (TypeError, ValueError):
+            kind = "an integer" if self.integer else "a number"
+            self.fail(f"{str(value)[:40]!r} is not {kind}", param, ctx)
+        if self.integer and isinstance(number, float):
+            if not number.is_integer():
+                self.fail(f"{value!r} is not an integer", param, ctx)
+            number = int(number)
+        if not math.isfinite(number):
+            self.fail(f"{str(value)[:40]!r} is not a finite number", param, ctx)
+        too_low = number <= self.low if self.low_open else number < self.low
+        if too_low or number > self.high:
+            lower = f"more than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+            self.fail(
+                f"{str(value)[:40]} is out of range: {lower} and at most {self.high:g}{self.unit}",
+                param,
+                ctx,
+            )
+        return number
+
+
+def positive(high: float, unit: str = "") -> Number:
+    """A finite number above 0 and at most ``high``."""
+    return Number(0, high, low_open=True, unit=unit)
+
+
+def count(low: int, high: int) -> Number:
+    """An integer from ``low`` to ``high``."""
+    return Number(low, high, integer=True)
+
+
+MAX_DAYS = 36500.0  # a century: the longest idle time any option accepts
+MAX_TIMEOUT = 3600.0
 
 
 def _db_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -667,22 +734,26 @@ def _sweep_options(fn: F) -> F:
     """The options that ``sweep`` and ``schedule`` share."""
     for option in reversed(
         [
-            click.option("--days", type=click.FloatRange(min=0, min_open=True), metavar="N",
+            click.option("--days", type=positive(MAX_DAYS), metavar="N",
                          help="Expire threads idle for more than N days."),
-            click.option("--hours", type=click.FloatRange(min=0, min_open=True), metavar="N",
+            click.option("--hours", type=positive(MAX_DAYS * 24), metavar="N",
                          help="Expire threads idle for more than N hours."),
-            click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+            click.option("--limit", type=count(1, 2**53), default=None, metavar="N",
                          help="Delete at most N threads in one sweep."),
-            click.option("--concurrency", type=click.IntRange(1, 256),
+            click.option("--concurrency", type=count(1, 256),
                          default=DEFAULT_CONCURRENCY,
                          metavar="N", show_default=True, help="Remote deletes in flight at once."),
-            click.option("--max-rps", type=click.FloatRange(min=0, min_open=True),
-                         default=None, metavar="X", help="At most X DashScope deletes per second."),
-            click.option("--lease", "lease_seconds", type=click.IntRange(min=1),
+            click.option("--max-rps", type=positive(1e6), default=None, metavar="X",
+                         help="At most X DashScope deletes per second."),
+            click.option("--lease", "lease_seconds", type=count(1, 86400),
                          default=int(DEFAULT_LEASE.total_seconds()),
                          show_default=True, metavar="SECONDS",
                          help="How long a claimed thread stays reserved for this sweeper; "
-                              "a crashed sweeper's threads are retried after it."),
+                              "a crashed sweeper's threads are retried after it. Must "
+                              "exceed twice --timeout."),
+            click.option("--timeout", type=positive(MAX_TIMEOUT), default=30.0,
+                         show_default=True, metavar="SECONDS",
+                         help="Longest wait for one DashScope request."),
             click.option("--archive", type=click.Path(dir_okay=False, writable=True),
                          default=None, metavar="FILE",
                          help="Append each deleted thread, with its messages and runs, "
@@ -750,8 +821,9 @@ def sweep_command(obj: Context, /, dry_run: bool, as_json: bool, **sweep: Any) -
     were kept for retry; 2 bad usage, configuration or API key.
     """
     progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
+    timeout = sweep.pop("timeout")
     options = _build_sweep_options(sweep, dry_run=dry_run, progress=progress)
-    with obj.store() as store:
+    with obj.store(remote=DashScopeRemote(timeout=timeout)) as store:
         try:
             report = store.sweep(options)
         finally:
@@ -793,10 +865,13 @@ def schedule_command(obj: Context, /, every: timedelta, **sweep: Any) -> None:
     sweepers claim disjoint threads.
     """
     stop = threading.Event()
+    timeout = sweep.pop("timeout")
     options = _build_sweep_options(sweep, stop=stop)
     if obj.verbosity >= 0:
         logging.getLogger("threadstore.schedule").setLevel(logging.INFO)
-    with obj.store() as store:
+    with obj.store(remote=DashScopeRemote(timeout=timeout)) as store:
+        # Refuse bad options now, not in a log line at every run.
+        check_lease(options.lease, store.remote)
         from .schedule import run_blocking  # noqa: PLC0415 - APScheduler only to schedule
 
         run_blocking(lambda: store.sweep(options), every=every, stop=stop)

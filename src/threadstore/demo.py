@@ -36,6 +36,7 @@ from .errors import ConfigError, StoreError, ThreadNotFound, ThreadStoreError
 from .models import messages, threads, utcnow
 from .remote import DashScopeRemote
 from .store import ThreadStore
+from .testing.clock import backdate
 from .testing.emulator import Emulator
 
 __all__ = ["run_demo"]
@@ -259,10 +260,10 @@ def _walk(
     title("Let time pass: four threads idle for 10 days, one of them pinned")
     idle_since = utcnow() - IDLE_FOR
     for record in created[1:]:
-        store.touch(record.thread_id, at=idle_since)
+        backdate(store, record.thread_id, idle_since)
     pinned = created[-1].thread_id
     store.pin(pinned)
-    say(f"store.touch(tid, at=now - 10 days) on 4 threads; store.pin({_short(pinned)})")
+    say(f"testing.backdate(store, tid, now - 10 days) on 4 threads; store.pin({_short(pinned)})")
     explain("Activity extends life (alice's first thread just ran); pinned never expires.")
 
     # ------------------------------------------------------------------ 6

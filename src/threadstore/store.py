@@ -87,6 +87,7 @@ from .sweep import (
     DEFAULT_LEASE,
     SweepOptions,
     SweepReport,
+    check_lease,
     claim_thread,
     release_thread,
     remove_local,
@@ -282,17 +283,54 @@ class ThreadStore:
             raise ThreadNotFound(thread_id)
         return row
 
-    def _writable_row(self, conn: Connection, thread_id: str) -> RowMapping:
-        """The thread's row, refusing threads that a deleter has claimed."""
-        row = self._row(conn, thread_id)
+    def _writable_row(self, conn: Connection, thread_id: str, *, lock: bool = False) -> RowMapping:
+        """The thread's row, refusing threads that a deleter has claimed.
+
+        With ``lock`` (inside a write transaction) the row is read ``FOR UPDATE``
+        on PostgreSQL and MySQL, so a sweeper's claim either committed before
+        (and is seen here) or waits for this transaction; SQLite's ``IMMEDIATE``
+        write transactions exclude every other writer already.
+        """
+        query = select(threads).where(threads.c.thread_id == thread_id, rules.is_active())
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise ThreadNotFound(thread_id)
         if rules.row_lease_live(row, utcnow()):
             raise ThreadExpired(thread_id)
         return row
 
     @staticmethod
+    def _guarded_update(conn: Connection, thread_id: str, **values: Any) -> None:
+        """UPDATE the thread only while no deleter holds it; ThreadExpired otherwise.
+
+        The condition is in the statement itself (and its rowcount checked), so a
+        write can never land on a row that a sweep claimed after it was read.
+        """
+        done = conn.execute(
+            update(threads)
+            .where(
+                threads.c.thread_id == thread_id,
+                rules.is_active(),
+                rules.lease_free(utcnow()),
+            )
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise ThreadExpired(thread_id)
+
+    @staticmethod
     def _activity(row: RowMapping | Mapping[str, Any], at: datetime) -> dict[str, Any]:
-        """Column values that record activity at ``at`` (clearing delete retries)."""
+        """Column values that record activity at ``at`` (clearing delete retries).
+
+        Activity never moves ``last_active`` backwards: an ``at`` older than the
+        recorded activity (a backfill, another host's slower clock) keeps it.
+        """
         ttl = row["ttl_seconds"]
+        last = row["last_active"]
+        if last is not None and last > at:
+            at = last
         return {
             "last_active": at,
             "ttl_expires_at": at + timedelta(seconds=ttl) if ttl is not None else None,
@@ -461,12 +499,8 @@ class ThreadStore:
         row = self._remote_target(thread_id)
         self.remote.update_thread(thread_id, metadata=dict(metadata), workspace=row["workspace"])
         with self._write() as conn:
-            row = self._writable_row(conn, thread_id)
-            conn.execute(
-                update(threads)
-                .where(threads.c.thread_id == thread_id)
-                .values(**stored, **self._activity(row, utcnow()))
-            )
+            row = self._writable_row(conn, thread_id, lock=True)
+            self._guarded_update(conn, thread_id, **stored, **self._activity(row, utcnow()))
             return self._thread(self._row(conn, thread_id))
 
     def add_message(
@@ -489,14 +523,10 @@ class ThreadStore:
             thread_id, content, role=role, metadata=metadata, workspace=row["workspace"]
         )
         with self._write() as conn:
-            row = self._writable_row(conn, thread_id)
+            row = self._writable_row(conn, thread_id, lock=True)
+            self._guarded_update(conn, thread_id, **self._activity(row, utcnow()))
             values = MESSAGES.from_remote(remote, thread_id=thread_id)
             MESSAGES.upsert(conn, [values], self.codec)
-            conn.execute(
-                update(threads)
-                .where(threads.c.thread_id == thread_id)
-                .values(**self._activity(row, utcnow()))
-            )
         return MESSAGES.record_of(values)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ runs
@@ -595,14 +625,10 @@ class ThreadStore:
     def _mirror_run(self, remote: RemoteRun, added: Sequence[RemoteMessage]) -> RunRecord:
         values = RUNS.from_remote(remote)
         with self._write() as conn:
-            row = self._writable_row(conn, remote.thread_id)
+            row = self._writable_row(conn, remote.thread_id, lock=True)
+            self._guarded_update(conn, remote.thread_id, **self._activity(row, utcnow()))
             RUNS.upsert(conn, [values], self.codec)
             new = self._insert_new_messages(conn, remote.thread_id, added)
-            conn.execute(
-                update(threads)
-                .where(threads.c.thread_id == remote.thread_id)
-                .values(**self._activity(row, utcnow()))
-            )
             stored = conn.execute(select(runs).where(runs.c.run_id == remote.id)).mappings().one()
             return self._run(stored, new)
 
@@ -625,30 +651,31 @@ class ThreadStore:
     def _set(self, thread_id: str, **values: Any) -> ThreadRecord:
         _check_id(thread_id)
         with self._write() as conn:
-            row = self._row(conn, thread_id)
+            # Refused while a deleter holds the row, like every write: a pin or a
+            # TTL that returned OK must not be swept away a moment later.
+            row = self._writable_row(conn, thread_id, lock=True)
             if "ttl_seconds" in values:
                 ttl = values["ttl_seconds"]
                 values["ttl_expires_at"] = (
                     row["last_active"] + timedelta(seconds=ttl) if ttl is not None else None
                 )
-            conn.execute(update(threads).where(threads.c.thread_id == thread_id).values(**values))
+            self._guarded_update(conn, thread_id, **values)
             return self._thread(self._row(conn, thread_id))
 
     def touch(self, thread_id: str, *, at: datetime | None = None) -> ThreadRecord:
         """Record activity now, or at ``at`` (an aware datetime, for backfills).
 
-        Like every write, refused with :class:`ThreadExpired` while a deleter
-        holds the thread: activity cannot save a thread already being deleted.
+        ``last_active`` never moves backwards: an ``at`` older than the recorded
+        activity changes nothing (to make a thread look idle in a test, use
+        :func:`threadstore.testing.backdate`). Like every write, refused with
+        :class:`ThreadExpired` while a deleter holds the thread: activity cannot
+        save a thread already being deleted.
         """
         when = _check_aware(at) if at is not None else utcnow()
         _check_id(thread_id)
         with self._write() as conn:
-            row = self._writable_row(conn, thread_id)
-            conn.execute(
-                update(threads)
-                .where(threads.c.thread_id == thread_id)
-                .values(**self._activity(row, when))
-            )
+            row = self._writable_row(conn, thread_id, lock=True)
+            self._guarded_update(conn, thread_id, **self._activity(row, when))
             return self._thread(self._row(conn, thread_id))
 
     def pin(self, thread_id: str) -> ThreadRecord:
@@ -1101,6 +1128,7 @@ class ThreadStore:
         """
         # Refuse bad options now rather than in a log line an hour from now.
         options = SweepOptions(older_than, **sweep_options)
+        check_lease(options.lease, self.remote)
         from . import schedule  # noqa: PLC0415 - APScheduler only for those who schedule
 
         return schedule.start_background(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import stat
@@ -86,6 +87,7 @@ __all__ = [
     "RateLimiter",
     "SweepOptions",
     "SweepReport",
+    "check_lease",
     "claim_thread",
     "release_thread",
     "remove_local",
@@ -546,9 +548,51 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_LEASE = timedelta(minutes=5)
 """How long a claimed thread stays reserved for its deleter."""
 
+MAX_OLDER_THAN = timedelta(days=36500)
+"""The longest idle time a sweep accepts (a century; beyond it dates overflow)."""
+MAX_LEASE = timedelta(days=1)
+"""The longest lease a sweep takes."""
+MAX_COUNT = 2**53
+MAX_CONCURRENCY = 1024
+MAX_RETRY_BASE = 86400.0
+
+
+def check_lease(lease: timedelta, remote: Remote) -> None:
+    """Refuse a lease that a remote delete could outlive (ConfigError).
+
+    Deletes start only in the first half of a lease; one started last may take
+    the remote's whole ``timeout``. So the lease must exceed twice the timeout,
+    or another sweeper could claim the row — and delete it again — while the
+    first delete is still in flight.
+    """
+    timeout = getattr(remote, "timeout", None)
+    if (
+        isinstance(timeout, int | float)
+        and not isinstance(timeout, bool)
+        and lease.total_seconds() <= 2 * timeout
+    ):
+        need = math.floor(2 * timeout) + 1
+        raise ConfigError(
+            f"lease of {lease.total_seconds():g} s is too short for DashScope requests "
+            f"that may take {timeout:g} s: it must exceed twice the timeout, or two "
+            f"deletes of one thread could be in flight at once (use a lease of at least "
+            f"{need} s, or a shorter timeout)"
+        )
+
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite(
+    value: Any, *, low: float, high: float = math.inf, low_open: bool = False
+) -> bool:
+    """A real, finite number within [low, high] (or (low, high] with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not math.isfinite(value):
+        return False
+    return (value > low if low_open else value >= low) and value <= high
 
 
 @dataclass(frozen=True)
@@ -572,22 +616,41 @@ class SweepOptions:
     stop: threading.Event | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        # Bounded as well as typed: NaN, infinities and values whose dates
+        # overflow are refused here, before anything is claimed or sent.
         older_than, limit, max_rps = self.older_than, self.limit, self.max_rps
-        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
-            raise ConfigError(f"older_than must be a positive timedelta, not {older_than!r}")
-        if limit is not None and not _positive_int(limit):
-            raise ConfigError(f"limit must be a positive integer or None, not {limit!r}")
-        if not _positive_int(self.concurrency):
+        if (
+            not isinstance(older_than, timedelta)
+            or older_than <= timedelta(0)
+            or older_than > MAX_OLDER_THAN
+        ):
             raise ConfigError(
-                f"concurrency must be a positive integer, not {self.concurrency!r}"
+                f"older_than must be a positive timedelta of at most {MAX_OLDER_THAN.days} "
+                f"days, not {older_than!r}"
             )
-        if max_rps is not None and (not isinstance(max_rps, int | float) or max_rps <= 0):
-            raise ConfigError(f"max_rps must be a positive number or None, not {max_rps!r}")
-        if not isinstance(self.lease, timedelta) or self.lease <= timedelta(0):
-            raise ConfigError(f"lease must be a positive timedelta, not {self.lease!r}")
-        if not isinstance(self.retry_base, int | float) or self.retry_base < 0:
+        if limit is not None and (not _positive_int(limit) or limit > MAX_COUNT):
             raise ConfigError(
-                f"retry_base must be a non-negative number, not {self.retry_base!r}"
+                f"limit must be an integer from 1 to {MAX_COUNT} or None, not {limit!r}"
+            )
+        if not _positive_int(self.concurrency) or self.concurrency > MAX_CONCURRENCY:
+            raise ConfigError(
+                f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}, "
+                f"not {self.concurrency!r}"
+            )
+        if max_rps is not None and not _finite(max_rps, low=0, low_open=True):
+            raise ConfigError(f"max_rps must be a positive finite number or None, not {max_rps!r}")
+        if (
+            not isinstance(self.lease, timedelta)
+            or self.lease <= timedelta(0)
+            or self.lease > MAX_LEASE
+        ):
+            raise ConfigError(
+                f"lease must be a positive timedelta of at most {MAX_LEASE}, not {self.lease!r}"
+            )
+        if not _finite(self.retry_base, low=0, high=MAX_RETRY_BASE):
+            raise ConfigError(
+                f"retry_base must be a number of seconds from 0 to {MAX_RETRY_BASE:g}, "
+                f"not {self.retry_base!r}"
             )
 
 
@@ -616,6 +679,7 @@ def sweep_expired(
     ``trust`` carries proven workspaces across calls (see :mod:`threadstore.trust`).
     """
     limit = options.limit
+    check_lease(options.lease, remote)
     clock = time.monotonic()
     started = now or utcnow()
     cutoff = started - options.older_than
