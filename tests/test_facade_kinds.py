@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, select, text
 from threadstore import DashScopeRemote, ThreadStore
 from threadstore.cli import cli
 from threadstore.models import assistants, run_steps, runs
-from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing import Emulator, FakeRemote, backdate
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API:DeprecationWarning")
 
@@ -145,7 +145,7 @@ def test_show_export_stats_sweep_and_archive_know_the_new_kinds(
     archive = tmp_path / "archive.jsonl"
     remote = DashScopeRemote(api_key=emulator.api_key, base_url=emulator.url)
     with ThreadStore(url, remote=remote) as store:
-        store.touch(thread_id, at=store.get_thread(thread_id).created_at - timedelta(days=30))
+        backdate(store, thread_id, store.get_thread(thread_id).created_at - timedelta(days=30))
         report = store.sweep(older_than=timedelta(days=7), archive=archive)
         assert report.deleted == 1
         assert store.stats().run_steps == 0
