@@ -366,3 +366,21 @@ def test_a_create_the_mirror_cannot_record_is_never_sent(
         facade_module.Threads.create(metadata={"a": "b"})
     assert emulator.requests == ()
     assert emulator.thread_ids() == []
+
+
+def test_a_404_for_a_thread_in_a_workspace_seen_working_drops_the_row_without_a_canary(
+    facade: tuple[ModuleType, str], emulator: Emulator
+) -> None:
+    """Gone behind the facade's back: the SDK's 404 comes back, the row goes, nothing extra sent."""
+    from threadstore.dashscope import Messages, Threads
+
+    _, url = facade
+    thread = Threads.create(workspace="ws-a")
+    Messages.create(thread.id, content="hi", workspace="ws-a")
+    assert dashscope.Threads.delete(thread.id, workspace="ws-a").deleted is True
+    emulator.capture = True
+    gone = Threads.delete(thread.id, workspace="ws-a")
+    assert gone.status_code == 404
+    assert [r.op for r in emulator.requests] == ["threads.delete"]
+    with _mirror(url) as store:
+        assert store.list_threads() == []

@@ -134,12 +134,31 @@ def _ok(result: Any) -> bool:
     return getattr(result, "status_code", None) in (200, 201)
 
 
+_THREAD_SCOPED = ("threads.", "messages.", "runs.", "steps.")
+
+
 def _observe(op: str, method: str, **kwargs: Any) -> None:
-    """Queue one mirror write (``Mirror.<method>``); failures are logged and counted."""
+    """Queue one mirror write (``Mirror.<method>``); failures are logged and counted.
+
+    Called for DashScope's successful answers only: one about a thread also proves
+    that DashScope sees the call's workspace, so a later 404 there is believed
+    without a canary request (see :mod:`threadstore.trust`).
+    """
     try:
-        _store()[1].submit(op, method, kwargs)
+        store, mirror = _store()
+        mirror.submit(op, method, kwargs)
+        if "workspace" in kwargs and op.startswith(_THREAD_SCOPED):
+            store.trust.prove(kwargs["workspace"])
     except Exception as exc:  # noqa: BLE001 - nothing may change what DashScope answered
         _failed(op, exc)
+
+
+def _prove(workspace: str | None) -> None:
+    """DashScope just created a thread in ``workspace``: it sees that scope."""
+    try:
+        _store()[0].trust.prove(workspace)
+    except Exception as exc:  # noqa: BLE001
+        _failed("threads.create", exc)
 
 
 def _data(result: Any) -> list[Any]:
@@ -302,6 +321,7 @@ class Threads:
             raise
         if _ok(result):
             _observe("threads.create", "settle", intent_id=intent_id, thread=result)
+            _prove(workspace)
         else:
             _drop_intent("threads.create", intent_id)
         return result
