@@ -373,9 +373,9 @@ class Mirror:
         """
         try:
             plain = metadata if isinstance(metadata, Mapping) else None
-            stored_meta = self.codec.encode_json(plain)
+            stored_meta = THREADS.row({"metadata": plain}, self.codec)["metadata"]
         except Exception:  # noqa: BLE001 - the SDK will refuse it itself, as it always did
-            stored_meta = self.codec.encode_json(None)
+            stored_meta = THREADS.row({"metadata": None}, self.codec)["metadata"]
         intent_id = f"creating_{uuid.uuid4().hex}"
         now = utcnow()
         with self._transaction() as tx:
@@ -473,7 +473,8 @@ class Mirror:
         if found is None:
             tx.run(
                 _stub_thread, thread_id=tid, workspace=workspace, created_at=now,
-                last_active=now, metadata=self.codec.encode_json(None),
+                last_active=now,
+                metadata=THREADS.row({"metadata": None}, self.codec)["metadata"],
             )
         elif active and found[0] is not None:
             tx.run(_TOUCH_TTL, tid=tid, at=now, ttl_at=now + timedelta(seconds=found[0]))
@@ -497,7 +498,7 @@ class Mirror:
             )
             content = row["content"]
             if content is None:
-                row["content"] = self.codec.encode_text("")
+                row["content"] = MESSAGES.row({"content": ""}, self.codec)["content"]
             if not tx.run(_insert_message, **row):
                 tx.run(_UPDATE_MESSAGE, message_id=m.id, metadata=row["metadata"],
                        content=content)
