@@ -9,8 +9,10 @@ archive and stats — and no `fernet:` token appears anywhere.
 from __future__ import annotations
 
 import io
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -20,11 +22,39 @@ from threadstore import ThreadStore
 from threadstore.cli import cli
 from threadstore.codec import PREFIX, to_json
 from threadstore.export import FORMATS, TABLES
-from threadstore.models import KINDS
+from threadstore.models import KINDS, UTCDateTime
 from threadstore.testing import FakeRemote, backdate
 
 SECRET_TEXT = "the secret message"
 SECRET_META = "secret-metadata-value"
+SECRET_COLUMN = "secret-column-value"
+
+
+def _seed_every_encrypted_column(store: ThreadStore, thread_id: str) -> list[str]:
+    """One row per kind (other than threads and messages, which the store API wrote)
+    with every encrypted column holding the secret; returns the kinds seeded."""
+    seeded = []
+    now = datetime.now(timezone.utc)
+    with store.engine.begin() as conn:
+        for kind in KINDS:
+            if not kind.encrypted or kind.name in ("threads", "messages"):
+                continue
+            row: dict[str, Any] = {}
+            for column in kind.table.c:
+                if column.name in kind.encrypted_text:
+                    row[column.name] = json.dumps([{"secret": SECRET_COLUMN}])
+                elif column.name in kind.encrypted_json:
+                    row[column.name] = {"secret": SECRET_COLUMN}
+                elif column.name == kind.id_column:
+                    row[column.name] = f"{kind.name}_seeded"
+                elif column.name == "thread_id":
+                    row[column.name] = thread_id
+                elif not column.nullable and column.server_default is None:
+                    is_time = isinstance(column.type, UTCDateTime)
+                    row[column.name] = now if is_time else column.type.python_type()
+            kind.upsert(conn, [row], store.codec)
+            seeded.append(kind.name)
+    return seeded
 
 
 def _read(path: Path, fmt: str) -> str:
@@ -48,12 +78,14 @@ def test_no_read_path_returns_ciphertext(
         store.add_message(t.thread_id, SECRET_TEXT, metadata={"m": SECRET_META})
         store.run(t.thread_id, assistant_id="asst_1", poll_interval=0.01)
         tid = t.thread_id
+        seeded = _seed_every_encrypted_column(store, tid)
 
         outputs["get"] = to_json(store.get_thread(tid))
         outputs["list"] = to_json(store.list_threads())
         outputs["messages"] = to_json(store.messages(tid))
         outputs["runs"] = to_json(store.runs(tid))
         outputs["children"] = to_json(store.children(tid))
+        outputs["assistants"] = to_json(store.assistants())
         outputs["stats"] = to_json(store.stats().to_dict())
         for table in TABLES:
             for fmt in FORMATS:
@@ -75,6 +107,14 @@ def test_no_read_path_returns_ciphertext(
 
     leaking = sorted(name for name, text in outputs.items() if PREFIX in text)
     assert leaking == []
+    for name in ("children", "assistants", "show " + tid + " --json", "archive"):
+        assert outputs[name].count(SECRET_COLUMN) >= 1, name
+    # Every encrypted column of the seeded thread children reads back in clear.
+    children_cols = sum(len(k.encrypted) for k in KINDS if k.child_of_thread and k.name in seeded)
+    assert outputs["children"].count(SECRET_COLUMN) == children_cols
+    for name in seeded:
+        for fmt in FORMATS:
+            assert SECRET_COLUMN in outputs[f"export {name} {fmt}"], (name, fmt)
     for name in ("messages", "children", "show " + tid, "export messages jsonl", "archive"):
         assert SECRET_TEXT in outputs[name], name
     for name in ("get", "show " + tid + " --json", "export threads csv", "archive"):
