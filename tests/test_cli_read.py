@@ -110,10 +110,13 @@ def test_export_parquet_to_redirected_stdout_is_binary_parquet(seeded: Seeded) -
 def test_export_progress_with_verbose_and_silence_with_quiet(
     seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """-v prints a running row count on stderr; -q prints nothing there on success."""
-    monkeypatch.setattr("threadstore.cli.PROGRESS_EVERY", 1)
+    """-v prints progress lines on stderr; -q prints nothing there on success.
+
+    (Issue 13 replaced the count every 100,000 rows by a line every ~10 s.)
+    """
+    monkeypatch.setattr("threadstore.cli.PROGRESS_INTERVAL", 0.0)
     result = run(seeded.url, "-v", "export", "messages", "-o", str(tmp_path / "m.jsonl"))
-    assert "3 messages exported..." in result.stderr
+    assert "export messages: 3 rows" in result.stderr
     result = run(seeded.url, "-q", "export", "-o", str(tmp_path / "t.jsonl"))
     assert result.exit_code == 0
     assert result.stderr == ""

@@ -21,6 +21,10 @@ STABLE_KEYS = [
     "run_steps", "assistants",
     "prompt_tokens", "completion_tokens", "total_tokens", "deletions_total",
     "deletions_last_day", "deletions_last_week",
+    # issue 13: lost creates, the oldest expired thread, the sweep history
+    "threads_lost_creates", "expired_oldest_since", "last_sweep_outcome",
+    "last_sweep_started_at", "last_sweep_finished_at", "last_sweep_duration_seconds",
+    "last_success_at", "last_success_age_seconds", "last_sweep_counts", "sweeps_by_outcome",
 ]
 
 
@@ -108,8 +112,14 @@ def test_empty_store_has_zeros_and_no_failure(db_url: str) -> None:
     with ThreadStore(db_url, remote=FakeRemote()) as store:
         s = store.stats()
     d = s.to_dict()
+    absent: dict[str, Any] = {"last_sweep_counts": {}, "sweeps_by_outcome": {}}
+    absent |= dict.fromkeys(
+        ("failed_oldest_error", "failed_next_attempt_at", "expired_oldest_since",
+         "last_sweep_outcome", "last_sweep_started_at", "last_sweep_finished_at",
+         "last_sweep_duration_seconds", "last_success_at", "last_success_age_seconds")
+    )
     assert {k: v for k, v in d.items() if k not in ("generated_at", "older_than_seconds")} == {
-        k: (None if k.startswith(("failed_oldest", "failed_next")) else 0)
+        k: absent.get(k, 0)
         for k in STABLE_KEYS[2:]
     }
 

@@ -462,8 +462,12 @@ def test_rate_limiter_without_limit_never_waits() -> None:
 
 
 def test_intent_rows_are_never_swept(fake_store: ThreadStore, fake: FakeRemote) -> None:
-    """A 'creating' intent row (no remote thread yet) is not an expired thread."""
-    old = _now() - timedelta(days=30)
+    """A 'creating' intent row (no remote thread yet) is not an expired thread.
+
+    (Issue 13: one older than the sweep's intent age, 7 days, is removed as a lost
+    create — see test_sweep_history.py — so this row is 3 days old.)
+    """
+    old = _now() - timedelta(days=3)
     with fake_store.engine.begin() as conn:
         conn.execute(
             insert(threads).values(

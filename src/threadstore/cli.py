@@ -19,9 +19,11 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -151,6 +153,38 @@ MAX_TIMEOUT = 3600.0
 def _db_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.find_object(Context).db_url = value  # type: ignore[union-attr]
+
+
+def _metrics_path(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise click.BadParameter(f"{value!r} is a directory")
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"no directory {str(path.parent)!r}")
+    return str(path)
+
+
+def metrics_file_option(fn: F) -> F:
+    """``--metrics-file PATH``: Prometheus text format, written atomically."""
+    option = click.option(
+        "--metrics-file",
+        metavar="PATH",
+        callback=_metrics_path,
+        help="Write Prometheus metrics to PATH (atomically; for node_exporter's "
+        "textfile collector).",
+    )
+    return option(fn)
+
+
+def write_metrics(store: ThreadStore, path: str, older_than: timedelta) -> None:
+    """Snapshot the store's stats into the metrics file at ``path``."""
+    from . import metrics  # noqa: PLC0415 - prometheus_client only when asked for
+
+    metrics.write_textfile(path, store.stats(older_than=older_than))
 
 
 def db_option(fn: F) -> F:
@@ -655,8 +689,13 @@ def verify_command(
       threadstore verify --fix --max-rps 20
       threadstore verify --json > drift.json
     """
-    with obj.store(read_only=True) as store:
-        report = store.verify(fix=fix, concurrency=concurrency, max_rps=max_rps)
+    progress = Progress(obj, "verify", "threads")
+    try:
+        with obj.store(read_only=True) as store:
+            report = store.verify(fix=fix, concurrency=concurrency, max_rps=max_rps,
+                                  progress=progress)
+    finally:
+        progress.close()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -699,8 +738,12 @@ def db_rotate_key(obj: Context, batch_size: int) -> None:
       THREADSTORE_ENCRYPTION_KEY=$NEW THREADSTORE_ENCRYPTION_OLD_KEYS=$OLD \\
         threadstore db rotate-key
     """
-    with obj.store() as store:
-        rewritten = store.rotate_key(batch_size=batch_size)
+    progress = Progress(obj, "rotate-key", "rows")
+    try:
+        with obj.store() as store:
+            rewritten = store.rotate_key(batch_size=batch_size, progress=progress)
+    finally:
+        progress.close()
     if obj.verbosity >= 0:
         click.echo(f"re-encrypted {rewritten} rows with the current key", err=True)
 
@@ -758,6 +801,10 @@ def _sweep_options(fn: F) -> F:
                          default=None, metavar="FILE",
                          help="Append each deleted thread, with its messages and runs, "
                               "to FILE as one JSON line."),
+            click.option("--intent-days", type=positive(MAX_DAYS),
+                         default=7.0, show_default=True, metavar="N",
+                         help="Remove rows of creates whose answer was lost ('creating' "
+                              "for more than N days); each is logged in deletions."),
         ]
     ):
         fn = option(fn)
@@ -773,25 +820,87 @@ def _build_sweep_options(parsed: dict[str, Any], **extra: Any) -> SweepOptions:
         max_rps=parsed["max_rps"],
         lease=timedelta(seconds=parsed["lease_seconds"]),
         archive=parsed["archive"],
+        intent_age=timedelta(days=parsed["intent_days"]),
         **extra,
     )
 
 
-class _ProgressLine:
-    """``swept 120/400`` rewritten in place on a terminal's stderr."""
+PROGRESS_INTERVAL = 10.0
+"""Seconds between progress lines off a terminal (with -v); tests lower it."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.shown = False
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.enabled:
-            click.echo(f"\rswept {done}/{total}", err=True, nl=False)
-            self.shown = True
+class Progress:
+    """Progress of long work on stderr, from ``progress(done, total)`` callbacks.
 
-    def end(self) -> None:
-        if self.shown:
-            click.echo("", err=True)
+    On a terminal a tqdm bar (count, rate, ETA; gone when the work ends). Off a
+    terminal, with ``-v``, a line about every :data:`PROGRESS_INTERVAL` seconds,
+    printed from a callback or, if the work stalls, from a ticker thread, so a log
+    shows a long run is alive. Otherwise (``-q``, or no ``-v`` in a pipe) nothing.
+    """
+
+    def __init__(self, obj: Context, label: str, unit: str, *, enabled: bool = True) -> None:
+        self.label = label
+        self.unit = unit
+        self.done = 0
+        self.total: int | None = None
+        self._bar: Any = None
+        self._lock = threading.Lock()
+        self._started = self._last = time.monotonic()
+        self._stop: threading.Event | None = None
+        if not enabled or obj.verbosity < 0:
+            return
+        if sys.stderr.isatty():
+            from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
+
+            self._bar = tqdm(desc=label, unit=f" {unit}", file=sys.stderr, leave=False,
+                             dynamic_ncols=True, mininterval=0.25, unit_scale=True)
+        elif obj.verbosity > 0:
+            self._stop = threading.Event()
+            ticker = threading.Thread(target=self._tick, name="threadstore-progress",
+                                      daemon=True)
+            ticker.start()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        with self._lock:
+            self.done, self.total = done, total
+            if self._bar is not None:
+                if total is not None and self._bar.total != total:
+                    self._bar.total = total
+                self._bar.update(done - self._bar.n)
+            elif self._stop is not None:
+                self._line_if_due()
+
+    def _line_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        elapsed = max(now - self._started, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.label}: {self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%"
+        else:
+            text += f" {self.unit} ("
+        text += f"{', ' if self.total else ''}{rate:,.1f}/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", ETA {_span(timedelta(seconds=int((self.total - self.done) / rate)))}"
+        click.echo(text + ")", err=True)
+
+    def _tick(self) -> None:
+        assert self._stop is not None  # noqa: S101 - set before the thread starts
+        while not self._stop.wait(max(PROGRESS_INTERVAL, 0.5)):
+            with self._lock:
+                self._line_if_due()
+
+    def close(self) -> None:
+        """End the bar or the ticker (call when the work ends, however it ends)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if self._stop is not None:
+                self._stop.set()
 
 
 @cli.command(
@@ -806,9 +915,12 @@ Examples:
 @_sweep_options
 @click.option("--dry-run", is_flag=True, help="Only list (stdout) what would be deleted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@metrics_file_option
 @db_option
 @pass_ctx
-def sweep_command(obj: Context, /, dry_run: bool, as_json: bool, **sweep: Any) -> None:
+def sweep_command(
+    obj: Context, /, dry_run: bool, as_json: bool, metrics_file: str | None, **sweep: Any
+) -> None:
     """Delete threads idle longer than --days/--hours (or their own TTL).
 
     Each expired thread is deleted on DashScope first; its local row, messages
@@ -820,14 +932,21 @@ def sweep_command(obj: Context, /, dry_run: bool, as_json: bool, **sweep: Any) -
     Exit status: 0 all expired threads deleted; 1 some deletions failed and
     were kept for retry; 2 bad usage, configuration or API key.
     """
-    progress = _ProgressLine(sys.stderr.isatty() and obj.verbosity >= 0 and not dry_run)
+    progress = Progress(obj, "sweep", "threads", enabled=not dry_run)
     timeout = sweep.pop("timeout")
     options = _build_sweep_options(sweep, dry_run=dry_run, progress=progress)
     with obj.store(remote=DashScopeRemote(timeout=timeout)) as store:
         try:
             report = store.sweep(options)
-        finally:
-            progress.end()
+        except BaseException:
+            progress.close()
+            if metrics_file is not None:  # the failure shows in the metrics too
+                with contextlib.suppress(ThreadStoreError):
+                    write_metrics(store, metrics_file, options.older_than)
+            raise
+        progress.close()
+        if metrics_file is not None:
+            write_metrics(store, metrics_file, options.older_than)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif dry_run:
@@ -855,9 +974,19 @@ Examples:
 @_sweep_options
 @click.option("--every", type=_Duration(), default="1h", show_default=True,
               help="Time between sweeps: 30s, 15m, 1h, 1d.")
+@metrics_file_option
+@click.option("--metrics-port", type=count(0, 65535), default=None, metavar="N",
+              help="Serve Prometheus metrics on http://0.0.0.0:N/metrics (0: a free port).")
 @db_option
 @pass_ctx
-def schedule_command(obj: Context, /, every: timedelta, **sweep: Any) -> None:
+def schedule_command(
+    obj: Context,
+    /,
+    every: timedelta,
+    metrics_file: str | None,
+    metrics_port: int | None,
+    **sweep: Any,
+) -> None:
     """Sweep now and then every --every, until Ctrl-C or SIGTERM.
 
     Each run is logged on stderr. A failed run (DashScope down, a refused key)
@@ -869,12 +998,82 @@ def schedule_command(obj: Context, /, every: timedelta, **sweep: Any) -> None:
     options = _build_sweep_options(sweep, stop=stop)
     if obj.verbosity >= 0:
         logging.getLogger("threadstore.schedule").setLevel(logging.INFO)
+    schedule_log = logging.getLogger("threadstore.schedule")
+    older_than = options.older_than
     with obj.store(remote=DashScopeRemote(timeout=timeout)) as store:
         # Refuse bad options now, not in a log line at every run.
         check_lease(options.lease, store.remote)
         from .schedule import run_blocking  # noqa: PLC0415 - APScheduler only to schedule
 
-        run_blocking(lambda: store.sweep(options), every=every, stop=stop)
+        def sweep_once() -> Any:
+            try:
+                return store.sweep(options)
+            finally:
+                if metrics_file is not None:
+                    try:
+                        write_metrics(store, metrics_file, older_than)
+                    except ThreadStoreError as exc:  # the schedule goes on
+                        schedule_log.error("cannot write metrics: %s", exc)
+
+        server = None
+        if metrics_port is not None:
+            from . import metrics  # noqa: PLC0415 - prometheus_client only when asked for
+
+            server = metrics.serve(metrics_port, lambda: store.stats(older_than=older_than))
+            schedule_log.info("serving metrics on http://0.0.0.0:%d/metrics", server.port)
+        try:
+            run_blocking(sweep_once, every=every, stop=stop)
+        finally:
+            if server is not None:
+                server.close()
+
+
+# ---------------------------------------------------------------------------- doctor
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@click.option(
+    "--max-sweep-age",
+    type=_Duration(),
+    default="25h",
+    show_default=True,
+    metavar="DURATION",
+    help="Warn when the last successful sweep is older than this (30m, 2h, 1d).",
+)
+@db_option
+@pass_ctx
+def doctor_command(obj: Context, as_json: bool, max_sweep_age: timedelta) -> None:
+    """Check the installation: database, key, DashScope, last sweep, backlog.
+
+    One line per check on stdout: the database is reachable and at the schema
+    head; the encryption key decrypts a stored row; DashScope is reachable,
+    accepts the key and answers an unknown thread with its own 404 (one or two
+    cheap requests, nothing changed); the last successful sweep is younger than
+    --max-sweep-age; failed deletions and lost creates. Creates nothing.
+
+    \b
+    Exit status: 0 all good; 1 warnings; 2 something is broken.
+
+    \b
+    Examples:
+      threadstore doctor
+      threadstore doctor --max-sweep-age 3h --json
+    """
+    from .doctor import diagnose  # noqa: PLC0415 - only this command needs it
+    from .remote import DashScopeRemote  # noqa: PLC0415
+
+    remote = DashScopeRemote(timeout=15)
+    try:
+        report = diagnose(obj.url, remote=remote, max_sweep_age=max_sweep_age)
+    finally:
+        remote.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+    sys.exit(report.exit_code)
 
 
 # ---------------------------------------------------------------------------- export, stats, list
@@ -907,7 +1106,6 @@ class _DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only
 
 
 DATETIME = _DateTimeParam()
-PROGRESS_EVERY = 100_000
 LIST_COUNT_CAP = 10_000
 """``list`` counts the threads past its --limit up to this many, so the hint stays cheap."""
 
@@ -970,19 +1168,21 @@ def export_command(
     user_id: str | None,
     redact: bool,
 ) -> None:
-    """Stream TABLE (threads, messages, runs or deletions; default threads) out.
+    """Stream TABLE (threads, messages, runs, steps, assistants, deletions or sweeps) out.
 
     threads has one row per thread with its message and run counts and token
-    sums. --since/--until filter on last_active (threads), created_at (messages,
-    runs) or deleted_at (deletions); dates are YYYY-MM-DD or ISO 8601. Memory
-    stays flat however many rows; a row count goes to stderr every 100,000
-    rows on a terminal (or with -v), a summary line at the end.
+    sums; sweeps is the history of sweeps (outcome, counts, options). --since/
+    --until filter on last_active (threads), created_at (messages, runs),
+    deleted_at (deletions) or started_at (sweeps); dates are YYYY-MM-DD or ISO
+    8601. Memory stays flat however many rows; a progress bar on a terminal (a
+    line every ~10 s with -v otherwise), a summary line at the end.
 
     \b
     Examples:
       threadstore export messages --format csv -o messages.csv
       threadstore export threads --since 2026-01-01 --user u1 | jq .
       threadstore export messages --format parquet --redact -o messages.parquet
+      threadstore export sweeps --since 2026-01-01 --format csv
     """
     options = export_module.ExportOptions(
         table=table, fmt=fmt, since=since, until=until, workspace=workspace,
@@ -994,13 +1194,7 @@ def export_command(
     target: Any = output
     if to_stdout:
         target = sys.stdout.buffer if fmt == "parquet" else sys.stdout
-    show = obj.verbosity > 0 or (obj.verbosity == 0 and sys.stderr.isatty())
-    mark = [PROGRESS_EVERY]
-
-    def progress(rows: int) -> None:
-        if show and rows >= mark[0]:
-            click.echo(f"{rows:,} {table} exported...", err=True)
-            mark[0] = rows - rows % PROGRESS_EVERY + PROGRESS_EVERY
+    progress = Progress(obj, f"export {table}", "rows")
 
     where = "stdout" if to_stdout else output
     try:
@@ -1015,6 +1209,8 @@ def export_command(
         _stdout_closed()
     except OSError as exc:
         fail(f"cannot write the export to {where}: {exc.strerror or exc}", EXIT_FAILED)
+    finally:
+        progress.close()
     if obj.verbosity >= 0:
         click.echo(f"exported {rows:,} {table} to {where}", err=True)
 
@@ -1028,9 +1224,10 @@ def export_command(
     show_default=True,
     help="Idle days after which a thread counts as expired (as sweep --days).",
 )
+@metrics_file_option
 @db_option
 @pass_ctx
-def stats_command(obj: Context, as_json: bool, days: float) -> None:
+def stats_command(obj: Context, as_json: bool, days: float, metrics_file: str | None) -> None:
     """Counts to check before and after a sweep, or for a monitor to scrape.
 
     Threads (total, active, expired and waiting for a sweep, pinned, being
@@ -1039,19 +1236,32 @@ def stats_command(obj: Context, as_json: bool, days: float) -> None:
     and deletions in the last day and week.
 
     \b
+    The last sweep and the last successful one (with its age) come from the
+    sweep history. --metrics-file writes the same numbers in Prometheus text
+    format (see README "Operating threadstore").
+
+    \b
     Examples:
       threadstore stats
       threadstore stats --days 30 --json
+      threadstore stats --metrics-file /var/lib/node_exporter/threadstore.prom > /dev/null
     """
     with obj.store(read_only=True) as store:
         stats = store.stats(older_than=timedelta(days=days))
+    if metrics_file is not None:
+        from . import metrics  # noqa: PLC0415 - prometheus_client only when asked for
+
+        metrics.write_textfile(metrics_file, stats)
     data = stats.to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     width = max(len(k) for k in data)
     for key, value in data.items():
-        shown = "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k} {v:,}" for k, v in value.items()) or "-"
+        else:
+            shown = "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
         click.echo(f"{key.ljust(width)}  {shown}")
 
 

@@ -64,7 +64,7 @@ DEFAULT_URL = "sqlite:///threadstore.db"
 # The newest migration's revision. Opening a store compares the database with
 # it in plain SQL, so the common case never imports Alembic (a test keeps this
 # equal to the scripts' head).
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 _BEGIN_OPTION = "threadstore_sqlite_begin"
 
 

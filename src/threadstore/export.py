@@ -1,4 +1,4 @@
-"""Streaming exports of the mirror: ``threads``, ``messages``, ``runs``, ``deletions``.
+"""Streaming exports of the mirror: ``threads``, ``messages``, ``runs``, ``deletions``, ``sweeps``.
 
 Everything streams: one read transaction (``DEFERRED`` on SQLite, so an export
 never blocks writers), a server-side cursor on PostgreSQL, rows fetched in
@@ -41,7 +41,8 @@ value replaced by ``null``. Nothing else holds conversation text.
 
 ``since`` (inclusive) and ``until`` (exclusive) filter on each table's natural
 time: ``last_active`` for threads, ``created_at`` for messages and runs,
-``deleted_at`` for deletions. Threads and deletions come out ordered by that
+``deleted_at`` for deletions, ``started_at`` for sweeps. Threads, deletions and
+sweeps come out ordered by that
 time; messages and runs in storage order (roughly the order they were written),
 because sorting millions of rows would cost more than the whole export — sort
 downstream when order matters.
@@ -228,6 +229,9 @@ def _build(
     elif declared.child_of_thread:
         if owner_conds:
             conds.append(base.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
+    elif table == "sweeps":
+        if owner_conds:
+            raise ConfigError("sweeps belong to no workspace or user: drop --workspace/--user")
     else:
         conds += owner_conds
 

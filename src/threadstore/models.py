@@ -64,6 +64,7 @@ __all__ = [
     "RUNS",
     "RUN_RANK",
     "RUN_STEPS",
+    "SWEEPS",
     "THREADS",
     "THREAD_CHILDREN",
     "AssistantRecord",
@@ -80,6 +81,7 @@ __all__ = [
     "metadata",
     "run_steps",
     "runs",
+    "sweeps",
     "threads",
     "utcnow",
 ]
@@ -277,6 +279,34 @@ deletions = Table(
     Index(None, "thread_id"),
     Index(None, "user_id", "deleted_at"),
     Index(None, "workspace", "deleted_at"),
+)
+
+
+sweeps = Table(
+    "sweeps",
+    metadata,
+    # One row per sweep (CLI, scheduler, library): written when it starts,
+    # completed when it ends. A row left "running" is a sweeper that died.
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    # The sweep's lease owner: the same text as deletions.deleted_by.
+    Column("owner", String(ID), nullable=False),
+    Column("host", String(NAME), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    # running, ok, failed (some deletes kept for retry), auth_failed, untrusted (404s that
+    # could not be trusted stopped it), interrupted, error
+    Column("outcome", String(16), nullable=False),
+    Column("options", Text(), nullable=False, server_default=text("'{}'")),
+    Column("expired", Integer(), nullable=False, server_default=text("0")),
+    Column("deleted", Integer(), nullable=False, server_default=text("0")),
+    Column("already_gone", Integer(), nullable=False, server_default=text("0")),
+    Column("failed", Integer(), nullable=False, server_default=text("0")),
+    Column("skipped", Integer(), nullable=False, server_default=text("0")),
+    Column("lost_creates", Integer(), nullable=False, server_default=text("0")),
+    Column("error", Text(), nullable=True),
+    Index(None, "started_at"),
+    Index(None, "outcome", "finished_at"),
 )
 
 
@@ -751,7 +781,33 @@ DELETIONS = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, RUN_STEPS, ASSISTANTS, DELETIONS)
+SWEEPS = Kind(
+    name="sweeps",
+    table=sweeps,
+    id_column="id",
+    time_column="started_at",
+    record=None,
+    # ``options`` is the sweep's options as JSON text.
+    export=(
+        ("id", INT),
+        ("owner", STR),
+        ("host", STR),
+        ("pid", INT),
+        ("started_at", TS),
+        ("finished_at", TS),
+        ("outcome", STR),
+        ("options", STR),
+        ("expired", INT),
+        ("deleted", INT),
+        ("already_gone", INT),
+        ("failed", INT),
+        ("skipped", INT),
+        ("lost_creates", INT),
+        ("error", STR),
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, RUN_STEPS, ASSISTANTS, DELETIONS, SWEEPS)
 """Every declared kind, in export order. A new kind is declared above and added here."""
 THREAD_CHILDREN: tuple[Kind, ...] = tuple(k for k in KINDS if k.child_of_thread)
 """The kinds removed, archived and counted with their thread."""

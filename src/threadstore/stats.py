@@ -12,7 +12,7 @@ passed) or it has none and it has been idle longer than ``older_than``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,11 +20,25 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from . import _rules as rules
 from .errors import ConfigError
-from .models import DELETIONS, KINDS, RUNS, THREADS, deletions, messages, runs, threads, utcnow
+from .models import (
+    DELETIONS,
+    KINDS,
+    RUNS,
+    THREADS,
+    deletions,
+    messages,
+    runs,
+    sweeps,
+    threads,
+    utcnow,
+)
 
-__all__ = ["Stats", "ThreadCounts", "compute", "thread_counts"]
+__all__ = ["LOST_CREATE_AFTER", "Stats", "ThreadCounts", "compute", "thread_counts"]
 
 DEFAULT_OLDER_THAN = timedelta(days=7)
+SWEEP_COUNTS = ("expired", "deleted", "already_gone", "failed", "skipped", "lost_creates")
+LOST_CREATE_AFTER = timedelta(hours=1)
+"""An intent row this old is a create whose answer was lost: a create takes seconds."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,18 @@ class Stats:
     ``failed_next_attempt_at`` and ``failed_oldest_error`` is that row's error.
     ``deletions_last_day`` / ``deletions_last_week`` count the deletion log.
     ``run_steps`` and ``assistants`` count what the facade mirrored of those.
+
+    ``threads_lost_creates`` are intent rows older than :data:`LOST_CREATE_AFTER`:
+    creates whose answer was lost (the sweep removes them after its intent age).
+    ``expired_oldest_since`` is when the longest-waiting expired thread expired.
+
+    Sweep history (the ``sweeps`` table): ``last_sweep_*`` describe the most
+    recently started sweep (``outcome`` ``running`` while it runs, or if its
+    process died); ``last_success_at`` is when the last sweep with outcome ``ok``
+    finished and ``last_success_age_seconds`` how long ago that was.
+    ``last_sweep_counts`` are the counts of the most recently finished sweep
+    (``expired``, ``deleted``, ``already_gone``, ``failed``, ``skipped``,
+    ``lost_creates``); ``sweeps_by_outcome`` counts the whole history by outcome.
     """
 
     generated_at: datetime
@@ -64,6 +90,16 @@ class Stats:
     deletions_total: int
     deletions_last_day: int
     deletions_last_week: int
+    threads_lost_creates: int = 0
+    expired_oldest_since: datetime | None = None
+    last_sweep_outcome: str | None = None
+    last_sweep_started_at: datetime | None = None
+    last_sweep_finished_at: datetime | None = None
+    last_sweep_duration_seconds: float | None = None
+    last_success_at: datetime | None = None
+    last_success_age_seconds: int | None = None
+    last_sweep_counts: dict[str, int] = field(default_factory=dict)
+    sweeps_by_outcome: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values: datetimes as ISO 8601 UTC text, keys in a fixed order."""
@@ -139,6 +175,34 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
             count_if(d.deleted_at >= now - timedelta(days=7)),
         )
     ).one()
+    oldest_idle = conn.execute(
+        select(func.min(t.last_active)).where(expired, t.ttl_seconds.is_(None))
+    ).scalar()
+    oldest_ttl = conn.execute(
+        select(func.min(t.ttl_expires_at)).where(expired, t.ttl_seconds.is_not(None))
+    ).scalar()
+    since = [v for v in (oldest_idle and oldest_idle + older_than, oldest_ttl) if v is not None]
+    lost = conn.execute(
+        select(func.count()).select_from(threads)
+        .where(rules.is_creating(), t.created_at < now - LOST_CREATE_AFTER)
+    ).scalar_one()
+    s = sweeps.c
+    last = conn.execute(
+        select(s.outcome, s.started_at, s.finished_at)
+        .order_by(s.started_at.desc(), s.id.desc()).limit(1)
+    ).first()
+    success = conn.execute(
+        select(func.max(s.finished_at)).where(s.outcome == "ok")
+    ).scalar()
+    finished = conn.execute(
+        select(*(s[name] for name in SWEEP_COUNTS))
+        .where(s.finished_at.is_not(None))
+        .order_by(s.finished_at.desc(), s.id.desc()).limit(1)
+    ).first()
+    by_outcome = {
+        outcome: int(n)
+        for outcome, n in conn.execute(select(s.outcome, func.count()).group_by(s.outcome))
+    }
     return Stats(
         generated_at=now,
         older_than_seconds=int(older_than.total_seconds()),
@@ -160,6 +224,24 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
         deletions_total=_int(gone[0]),
         deletions_last_day=_int(gone[1]),
         deletions_last_week=_int(gone[2]),
+        threads_lost_creates=_int(lost),
+        expired_oldest_since=min(since) if since else None,
+        last_sweep_outcome=last.outcome if last else None,
+        last_sweep_started_at=last.started_at if last else None,
+        last_sweep_finished_at=last.finished_at if last else None,
+        last_sweep_duration_seconds=(
+            round((last.finished_at - last.started_at).total_seconds(), 3)
+            if last is not None and last.finished_at is not None else None
+        ),
+        last_success_at=success,
+        last_success_age_seconds=(
+            max(0, int((now - success).total_seconds())) if success is not None else None
+        ),
+        last_sweep_counts=(
+            {name: int(v) for name, v in zip(SWEEP_COUNTS, finished, strict=True)}
+            if finished is not None else {}
+        ),
+        sweeps_by_outcome=dict(sorted(by_outcome.items())),
     )
 
 

@@ -84,6 +84,7 @@ from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
 from .stats import compute as compute_stats
 from .sweep import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_INTENT_AGE,
     DEFAULT_LEASE,
     SweepOptions,
     SweepReport,
@@ -935,6 +936,7 @@ class ThreadStore:
         concurrency: int = 8,
         max_rps: float | None = None,
         limit: int | None = None,
+        progress: SweepProgress | None = None,
     ) -> VerifyReport:
         """Ask DashScope for every mirrored thread; report (with ``fix``: drop) vanished ones.
 
@@ -942,7 +944,8 @@ class ThreadStore:
         errors are reported in ``errors`` and never fixed. Raises
         :class:`~threadstore.errors.RemoteAuthError` when the key is refused and
         :class:`~threadstore.errors.UntrustedNotFound` when the 404s cannot be
-        trusted (nothing fixed). See :mod:`threadstore.verify`.
+        trusted (nothing fixed). ``progress(checked, total)``
+        follows along. See :mod:`threadstore.verify`.
         """
         return verify_mirror(
             self.engine,
@@ -953,33 +956,49 @@ class ThreadStore:
             max_rps=max_rps,
             limit=limit,
             trust=self.trust,
+            progress=progress,
         )
 
-    def rotate_key(self, *, batch_size: int = 500) -> int:
+    def rotate_key(self, *, batch_size: int = 500, progress: SweepProgress | None = None) -> int:
         """Re-encrypt every stored message and metadata value with the current key.
 
         Values under an old key (``THREADSTORE_ENCRYPTION_OLD_KEYS``) or in plain
         text are rewritten; values already under the current key are skipped, so an
         interrupted rotation can simply be rerun. One transaction per batch of
         ``batch_size`` rows. Returns the number of rows rewritten.
+        ``progress(scanned, total)`` follows along (rows looked at, of all rows).
         """
         if not self.codec.encrypts:
             raise ConfigError("set THREADSTORE_ENCRYPTION_KEY to the key to encrypt with")
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
         total = 0
-        for kind in (k for k in KINDS if k.encrypted):
+        kinds = [k for k in KINDS if k.encrypted]
+        sizes = {k.name: 0 for k in kinds}
+        if progress is not None:
+            with self._read() as conn:
+                for k in kinds:
+                    count = select(func.count()).select_from(k.table)
+                    sizes[k.name] = int(conn.execute(count).scalar_one())
+        all_rows, before = sum(sizes.values()), 0
+        for kind in kinds:
             table, key = kind.table, kind.id
             columns = tuple(table.c[name] for name in kind.encrypted)
             after: str | None = None
+            pages = 0
             while True:
                 with self._write() as conn:
                     after, rewritten = self.codec.rotate_page(
                         conn, table, key, columns, after=after, limit=batch_size
                     )
                 total += rewritten
+                pages += 1
+                if progress is not None:
+                    done = sizes[kind.name] if after is None else pages * batch_size
+                    progress(before + min(done, sizes[kind.name]), all_rows)
                 if after is None:
                     break
+            before += sizes[kind.name]
         log.info("re-encrypted %d rows with the current key", total)
         return total
 
@@ -1011,7 +1030,8 @@ class ThreadStore:
         retry_base: float = rules.RETRY_BASE,
         progress: SweepProgress | None = None,
         stop: threading.Event | None = None,
-) -> SweepReport:
+        intent_age: timedelta = DEFAULT_INTENT_AGE,
+    ) -> SweepReport:
         """Delete threads idle longer than ``older_than`` (or than their own TTL).
 
         DashScope first, the local row (with messages and runs) only once the
@@ -1022,7 +1042,10 @@ class ThreadStore:
         and is reported in ``failed``. ``archive`` (a path or text file) receives
         one JSON line per deleted thread with its messages and runs. ``dry_run``
         only reports what would be deleted. ``progress(done, total)`` follows
-        along; setting ``stop`` ends the sweep cleanly.
+        along; setting ``stop`` ends the sweep cleanly. Intent rows of creates
+        whose answer was lost (``creating`` for longer than ``intent_age``) are
+        removed and logged in ``deletions`` (reason ``lost_create``). Each sweep
+        but a dry run is recorded in the ``sweeps`` history, whatever ends it.
 
         Raises :class:`~threadstore.errors.RemoteAuthError` when DashScope refuses
         the key: the sweep stops at once and gives every claimed row back.
@@ -1047,6 +1070,7 @@ class ThreadStore:
                 retry_base=retry_base,
                 progress=progress,
                 stop=stop,
+                intent_age=intent_age,
             )
         report = sweep_expired(
             self.engine,

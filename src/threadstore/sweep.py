@@ -36,10 +36,13 @@ removed before DashScope confirmed that its thread is gone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
 import random
+import socket
 import stat
 import threading
 import time
@@ -52,9 +55,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Select,
+    and_,
     delete,
     func,
     insert,
@@ -76,7 +81,7 @@ from .errors import (
     ThreadStoreError,
     UntrustedNotFound,
 )
-from .models import THREAD_CHILDREN, THREADS, deletions, threads, utcnow
+from .models import THREAD_CHILDREN, THREADS, deletions, sweeps, threads, utcnow
 from .remote import Remote
 from .stats import count_by_thread
 from .trust import BREAKER, Trust, scope_error
@@ -100,6 +105,10 @@ MAX_PAUSE = 30.0
 """Longest pause of the whole sweep that a 429's ``Retry-After`` can impose."""
 FLUSH_INTERVAL = 0.25
 """Seconds a finished remote delete may wait for its batch's local transaction."""
+
+DEFAULT_INTENT_AGE = timedelta(days=7)
+"""A ``creating`` intent row older than this is a create whose answer was lost."""
+LOST_CREATE_BATCH = 500
 
 Progress = Callable[[int, int], None]
 
@@ -293,7 +302,11 @@ class SweepReport:
     * ``would_delete`` — in a dry run, the ids that would be deleted;
     * ``skipped_at_least`` — ``skipped`` is a lower bound: with a ``limit``, the
       rows behind it are counted only up to :data:`SKIPPED_BOUND` beyond the
-      limit, so that a small sweep costs the same on a store of any size.
+      limit, so that a small sweep costs the same on a store of any size;
+    * ``lost_creates`` — intent rows of creates whose answer was lost (``creating``
+      for longer than ``intent_age``) removed, each logged in ``deletions`` with
+      reason ``lost_create`` (in a dry run: that would be removed);
+    * ``sweep_id`` — this sweep's row in the ``sweeps`` history (None in a dry run).
     """
 
     expired: int = 0
@@ -313,6 +326,20 @@ class SweepReport:
     stopped_untrusted: bool = False
     trust_error: UntrustedNotFound | None = field(default=None, compare=False, repr=False)
     skipped_at_least: bool = False
+    lost_creates: int = 0
+    sweep_id: int | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The ``sweeps.outcome`` of this report: ok, failed, auth_failed, untrusted or
+        interrupted."""
+        if self.stopped_by_auth:
+            return "auth_failed"
+        if self.stopped_untrusted:
+            return "untrusted"
+        if self.interrupted:
+            return "interrupted"
+        return "failed" if self.failed else "ok"
 
     @property
     def ok(self) -> bool:
@@ -328,9 +355,13 @@ class SweepReport:
         """One line for humans."""
         skipped = f"at least {self.skipped}" if self.skipped_at_least else str(self.skipped)
         if self.dry_run:
+            lost = (
+                f", {self.lost_creates} lost create(s) would be removed"
+                if self.lost_creates else ""
+            )
             return (
                 f"dry run: {self.expired} expired thread(s) would be deleted, "
-                f"{skipped} skipped ({self.elapsed:.2f} s)"
+                f"{skipped} skipped{lost} ({self.elapsed:.2f} s)"
             )
         text = (
             f"{self.expired} expired: {self.deleted} deleted, {self.already_gone} already gone, "
@@ -340,6 +371,8 @@ class SweepReport:
             text += f", {self.lease_lost} handed over"
         if self.archived:
             text += f", {self.archived} archived"
+        if self.lost_creates:
+            text += f", {self.lost_creates} lost create(s) removed"
         text += f" in {self.elapsed:.2f} s"
         if self.stopped_by_auth or self.stopped_untrusted:
             text += f"; stopped: {self.error}"
@@ -359,6 +392,7 @@ class SweepReport:
         data["would_delete"] = list(self.would_delete)
         data["elapsed"] = round(self.elapsed, 3)
         data["ok"] = self.ok
+        data["outcome"] = self.outcome
         return data
 
 
@@ -614,10 +648,21 @@ class SweepOptions:
     retry_base: float = rules.RETRY_BASE
     progress: Progress | None = field(default=None, compare=False)
     stop: threading.Event | None = field(default=None, compare=False)
+    intent_age: timedelta = DEFAULT_INTENT_AGE
 
     def __post_init__(self) -> None:
         # Bounded as well as typed: NaN, infinities and values whose dates
         # overflow are refused here, before anything is claimed or sent.
+        intent_age = self.intent_age
+        if (
+            not isinstance(intent_age, timedelta)
+            or intent_age <= timedelta(0)
+            or intent_age > MAX_OLDER_THAN
+        ):
+            raise ConfigError(
+                f"intent_age must be a positive timedelta of at most {MAX_OLDER_THAN.days} "
+                f"days, not {intent_age!r}"
+            )
         older_than, limit, max_rps = self.older_than, self.limit, self.max_rps
         if (
             not isinstance(older_than, timedelta)
@@ -654,6 +699,81 @@ class SweepOptions:
             )
 
 
+# --------------------------------------------------------------------------- history & lost creates
+
+
+def _start_record(engine: Engine, *, owner: str, started: datetime,
+                  options: Mapping[str, Any]) -> int:
+    """Write this sweep's ``running`` row in the history; returns its id."""
+    with db.write(engine) as conn:
+        result = conn.execute(
+            insert(sweeps).values(
+                owner=owner[:64],
+                host=socket.gethostname()[:255],
+                pid=os.getpid(),
+                started_at=started,
+                outcome="running",
+                options=json.dumps(options, sort_keys=True),
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None  # noqa: S101 - an autoincrement insert always has one
+        return int(key[0])
+
+
+def _finish_record(engine: Engine, sweep_id: int, *, outcome: str,
+                   report: SweepReport | None = None, error: str | None = None) -> None:
+    """Complete this sweep's history row with its outcome and counts."""
+    values: dict[str, Any] = {"finished_at": utcnow(), "outcome": outcome}
+    if report is not None:
+        values.update(
+            expired=report.expired,
+            deleted=report.deleted,
+            already_gone=report.already_gone,
+            failed=len(report.failed),
+            skipped=report.skipped,
+            lost_creates=report.lost_creates,
+        )
+    if error is not None:
+        values["error"] = error[:2000]
+    with db.write(engine) as conn:
+        conn.execute(update(sweeps).where(sweeps.c.id == sweep_id).values(**values))
+
+
+def _lost_creates(before: datetime) -> ColumnElement[bool]:
+    return and_(rules.is_creating(), threads.c.created_at < before)
+
+
+def _remove_lost_creates(engine: Engine, *, before: datetime, owner: str) -> int:
+    """Remove intent rows of creates older than ``before``; each logged in ``deletions``.
+
+    Such a create's answer was lost (a timeout after DashScope got the request):
+    a remote thread may exist whose id nobody learned, and DashScope cannot list
+    threads, so the row can never be completed. Its ``deletions`` entry (reason
+    ``lost_create``, remote result ``unknown``) keeps who and when.
+    """
+    removed = 0
+    while True:
+        with db.write(engine) as conn:
+            ids = list(
+                conn.execute(
+                    select(threads.c.thread_id)
+                    .where(_lost_creates(before))  # few rows: no order needed
+                    .limit(LOST_CREATE_BATCH)
+                ).scalars()
+            )
+            done = _remove_many(
+                conn, dict.fromkeys(ids, "unknown"), reason="lost_create", owner=owner,
+                require_lease=False,
+            )
+        removed += len(done)
+        for row in done:
+            log.info("removed the intent row %s of a create whose answer was lost (created %s)",
+                     row["thread_id"], row["created_at"])
+        if len(ids) < LOST_CREATE_BATCH:
+            return removed
+
+
 def sweep_expired(
     engine: Engine,
     remote: Remote,
@@ -672,19 +792,68 @@ def sweep_expired(
     expired threads counted at the start. Setting ``options.stop`` ends the sweep
     early and cleanly: in-flight deletes finish, the rest is released.
 
+    Every sweep but a dry run writes a row in the ``sweeps`` history when it
+    starts and completes it when it ends (outcome and counts), whatever ends it.
+    It also removes the intent rows of creates older than ``options.intent_age``
+    whose answer was lost (see :func:`_remove_lost_creates`).
+
     An auth failure does not raise here: the report says ``stopped_by_auth`` and
     carries the error in ``auth_error`` (``ThreadStore.sweep`` raises it).
     ``now`` fixes the instant expiry is judged at (tests at the exact boundary).
     404s that cannot be trusted likewise set ``stopped_untrusted`` and ``trust_error``.
     ``trust`` carries proven workspaces across calls (see :mod:`threadstore.trust`).
     """
-    limit = options.limit
     check_lease(options.lease, remote)
     clock = time.monotonic()
     started = now or utcnow()
     cutoff = started - options.older_than
-    # With a limit, the counts behind ``skipped`` and progress stop at a bound,
-    # so a small sweep (or dry run) costs the same on a store of any size.
+    lost_before = started - options.intent_age
+    if options.dry_run:
+        return _dry_run(engine, limit=options.limit, started=started, cutoff=cutoff,
+                        lost_before=lost_before, clock=clock)
+    owner = f"{owner[:48]}:{uuid.uuid4().hex[:8]}"
+    archive = options.archive
+    recorded = {
+        "older_than_seconds": options.older_than.total_seconds(),
+        "limit": options.limit,
+        "concurrency": options.concurrency,
+        "max_rps": options.max_rps,
+        "lease_seconds": options.lease.total_seconds(),
+        "archive": str(archive) if isinstance(archive, str | Path) else archive is not None,
+        "intent_age_seconds": options.intent_age.total_seconds(),
+    }
+    sweep_id = _start_record(engine, owner=owner, started=started, options=recorded)
+    try:
+        report = _sweep(engine, remote, options, owner=owner, codec=codec, started=started,
+                        cutoff=cutoff, lost_before=lost_before, clock=clock, trust=trust)
+    except BaseException as exc:
+        outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+        with contextlib.suppress(ThreadStoreError):
+            _finish_record(engine, sweep_id, outcome=outcome,
+                           error=f"{type(exc).__name__}: {exc}")
+        raise
+    report = dataclasses.replace(report, sweep_id=sweep_id)
+    with contextlib.suppress(ThreadStoreError):  # the history must not fail a sweep
+        _finish_record(engine, sweep_id, outcome=report.outcome, report=report,
+                       error=report.error)
+    # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
+    # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.
+    log.info("sweep (idle > %s): %s", options.older_than, report.summary())
+    return report
+
+
+def _dry_run(
+    engine: Engine,
+    *,
+    limit: int | None,
+    started: datetime,
+    cutoff: datetime,
+    lost_before: datetime,
+    clock: float,
+) -> SweepReport:
+    """What a sweep would do; changes nothing (no history row either)."""
+    # With a limit, the counts behind ``skipped`` stop at a bound, so a small dry
+    # run costs the same on a store of any size.
     at_most = None if limit is None else limit + SKIPPED_BOUND
     with db.read(engine) as conn:
         blocked, blocked_capped = _count_blocked(
@@ -692,18 +861,47 @@ def sweep_expired(
         )
         candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
         total, total_capped = _count(conn, candidates, at_most)
-        if options.dry_run:
-            query = candidates if limit is None else candidates.limit(limit)
-            ids = tuple(conn.execute(query).scalars())
-    if options.dry_run:
-        return SweepReport(
-            expired=len(ids),
-            skipped=blocked + (total - len(ids)),
-            elapsed=time.monotonic() - clock,
-            dry_run=True,
-            would_delete=ids,
-            skipped_at_least=blocked_capped or total_capped,
+        query = candidates if limit is None else candidates.limit(limit)
+        ids = tuple(conn.execute(query).scalars())
+        lost = conn.execute(
+            select(func.count()).select_from(threads).where(_lost_creates(lost_before))
+        ).scalar_one()
+    return SweepReport(
+        expired=len(ids),
+        skipped=blocked + (total - len(ids)),
+        elapsed=time.monotonic() - clock,
+        dry_run=True,
+        would_delete=ids,
+        skipped_at_least=blocked_capped or total_capped,
+        lost_creates=int(lost),
+    )
+
+
+def _sweep(
+    engine: Engine,
+    remote: Remote,
+    options: SweepOptions,
+    *,
+    owner: str,
+    codec: Codec | None,
+    started: datetime,
+    cutoff: datetime,
+    lost_before: datetime,
+    clock: float,
+    trust: Trust | None,
+) -> SweepReport:
+    """The sweep proper (not a dry run), without its history row."""
+    lost = _remove_lost_creates(engine, before=lost_before, owner=owner)
+    limit = options.limit
+    # With a limit, the counts behind ``skipped`` and progress stop at a bound,
+    # so a small sweep costs the same on a store of any size.
+    at_most = None if limit is None else limit + SKIPPED_BOUND
+    with db.read(engine) as conn:
+        blocked, blocked_capped = _count_blocked(
+            conn, cutoff=cutoff, started=started, at_most=None if limit is None else SKIPPED_BOUND
         )
+        candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
+        total, _ = _count(conn, candidates, at_most)
     if limit is not None:
         total = min(total, limit)
     archive = options.archive
@@ -713,7 +911,7 @@ def sweep_expired(
             engine,
             remote,
             options,
-            owner=f"{owner[:48]}:{uuid.uuid4().hex[:8]}",
+            owner=owner,
             archive=writer,
             cutoff=cutoff,
             started=started,
@@ -724,13 +922,12 @@ def sweep_expired(
     finally:
         if writer is not None:
             writer.close()
-    report_skipped = blocked + report.skipped
-    final = SweepReport(
+    return SweepReport(
         expired=report.expired,
         deleted=report.deleted,
         already_gone=report.already_gone,
         failed=report.failed,
-        skipped=report_skipped,
+        skipped=blocked + report.skipped,
         elapsed=time.monotonic() - clock,
         lease_lost=report.lease_lost,
         archived=writer.count if writer is not None else 0,
@@ -741,11 +938,8 @@ def sweep_expired(
         stopped_untrusted=report.stopped_untrusted,
         trust_error=report.trust_error,
         skipped_at_least=blocked_capped,
+        lost_creates=lost,
     )
-    # INFO, not WARNING: callers report the outcome themselves (the CLI's summary
-    # line, the scheduler's log), and an auth stop is raised by ThreadStore.sweep.
-    log.info("sweep (idle > %s): %s", options.older_than, final.summary())
-    return final
 
 
 class _Sweep:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from . import _rules as rules
 from . import db
@@ -200,11 +200,14 @@ def verify_mirror(
     max_rps: float | None = None,
     limit: int | None = None,
     trust: Trust | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Retrieve every mirrored thread from DashScope and report those that vanished.
 
     ``concurrency`` threads ask at once, at most ``max_rps`` requests per second
-    in total; ``limit`` checks only the first N threads (by id). With ``fix``,
+    in total; ``limit`` checks only the first N threads (by id).
+    ``progress(checked, total)`` is called from the calling thread as checks
+    finish (``total`` counted at the start). With ``fix``,
     vanished threads' local rows are removed (``deletions`` reason ``vanished``).
     Raises :class:`~threadstore.errors.RemoteAuthError` (nothing fixed) when
     DashScope refuses the key, :class:`ConfigError` for bad options.
@@ -249,6 +252,21 @@ def verify_mirror(
 
     log.info("verify: checking the mirror against DashScope (concurrency %d%s)",
              concurrency, f", max {max_rps:g} req/s" if max_rps else "")
+    total = 0
+    if progress is not None:
+        with db.read(engine) as conn:
+            total = int(conn.execute(
+                select(func.count()).select_from(threads).where(rules.is_active())
+            ).scalar_one())
+        if limit is not None:
+            total = min(total, limit)
+
+    def advance(done: set[Future[bool]]) -> int:
+        n = sum(f.result() for f in done)
+        if progress is not None and n:
+            progress(checked + n, max(total, checked + n))
+        return n
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ts-verify") as pool:
         pending: set[Future[bool]] = set()
         try:
@@ -258,10 +276,11 @@ def verify_mirror(
                 # Bounded in-flight work: a store of millions never queues them all.
                 if len(pending) >= concurrency * 4:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    checked += sum(f.result() for f in done)
+                    checked += advance(done)
                 pending.add(pool.submit(check, thread_id, workspace))
-            done, _ = wait(pending)
-            checked += sum(f.result() for f in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                checked += advance(done)
         except BaseException:
             stop.set()
             raise
