@@ -14,7 +14,7 @@ from sqlalchemy import insert
 from threadstore import ThreadStore
 from threadstore.cli import cli
 from threadstore.models import sweeps, threads
-from threadstore.testing import Emulator
+from threadstore.testing import Emulator, backdate
 
 UTC = timezone.utc
 
@@ -53,7 +53,7 @@ def test_no_sweep_yet_and_a_backlog_are_warnings_exit_1(
     assert fresh.exit_code == 1, fresh.output
     assert _lines(fresh)["last_sweep"] == "warn"
     t = store.create_thread()
-    store.touch(t.thread_id, at=datetime.now(UTC) - timedelta(days=10))
+    backdate(store, t.thread_id, datetime.now(UTC) - timedelta(days=10))
     emulator.fail("threads.delete", status=500)
     store.sweep(timedelta(days=7))
     result = _doctor(db_url, "--json")

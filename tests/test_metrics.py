@@ -21,7 +21,7 @@ from threadstore import DashScopeRemote, ThreadStore
 from threadstore.cli import cli
 from threadstore.metrics import METRIC_NAMES, serve
 from threadstore.models import threads
-from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing import Emulator, FakeRemote, backdate
 
 UTC = timezone.utc
 
@@ -39,7 +39,7 @@ def _expired(store: ThreadStore, n: int, idle: timedelta = timedelta(days=10)) -
     ids = []
     for _ in range(n):
         t = store.create_thread(user_id="u")
-        store.touch(t.thread_id, at=datetime.now(UTC) - idle)
+        backdate(store, t.thread_id, datetime.now(UTC) - idle)
         ids.append(t.thread_id)
     return ids
 

@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from threadstore import ThreadStore
 from threadstore.cli import cli
 from threadstore.models import threads
-from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing import Emulator, FakeRemote, backdate
 
 UTC = timezone.utc
 
@@ -74,7 +74,7 @@ def test_sweep_and_rotate_key_show_progress_with_v(
     for _ in range(3):
         t = store.create_thread(metadata={"k": "v"})
         store.add_message(t.thread_id, "hello")
-        store.touch(t.thread_id, at=datetime.now(UTC) - timedelta(days=10))
+        backdate(store, t.thread_id, datetime.now(UTC) - timedelta(days=10))
     store.create_thread(metadata={"k": "v"})
     swept = CliRunner().invoke(cli, ["--db", db_url, "-v", "sweep", "--days", "7"])
     assert swept.exit_code == 0, swept.output

@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 from threadstore import RemoteAuthError, ThreadStore, db
 from threadstore.cli import cli
 from threadstore.models import deletions, sweeps, threads
-from threadstore.testing import FakeRemote
+from threadstore.testing import FakeRemote, backdate
 
 UTC = timezone.utc
 WEEK = timedelta(days=7)
@@ -31,7 +31,7 @@ def _expired(store: ThreadStore, n: int) -> list[str]:
     ids = []
     for _ in range(n):
         t = store.create_thread(user_id="u")
-        store.touch(t.thread_id, at=_now() - timedelta(days=10))
+        backdate(store, t.thread_id, _now() - timedelta(days=10))
         ids.append(t.thread_id)
     return ids
 
