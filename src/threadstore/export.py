@@ -87,7 +87,20 @@ from . import _rules as rules
 from . import db
 from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_lines, iso
 from .errors import ConfigError, StoreError
-from .models import BOOL, INT, JSON, KINDS, LEN, TEXT, THREADS, TS, messages, runs, threads
+from .models import (
+    BOOL,
+    INT,
+    JSON,
+    KINDS,
+    LEN,
+    TEXT,
+    THREADS,
+    TS,
+    decode_stored,
+    messages,
+    runs,
+    threads,
+)
 from .models import kind as declared_kind
 
 __all__ = ["COLUMNS", "FORMATS", "TABLES", "ExportOptions", "export"]
@@ -447,8 +460,7 @@ def _has_prefix(values: Sequence[Any]) -> bool:
     return any(v is not None and v.startswith(_ENCODED) for v in values)
 
 
-def _decoded(values: Sequence[Any], codec: Codec) -> list[Any]:
-    return [v if v is None else codec.decode_text(v) for v in values]
+_decoded = decode_stored
 
 
 def _redacted_text(values: Sequence[Any]) -> list[Any]:

@@ -75,6 +75,7 @@ __all__ = [
     "ThreadRecord",
     "UTCDateTime",
     "assistants",
+    "decode_stored",
     "deletions",
     "kind",
     "messages",
@@ -133,6 +134,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+def decode_stored(values: Sequence[Any], codec: Codec) -> list[Any]:
+    """Stored values of one encrypted text column, decoded (``None`` stays ``None``).
+
+    The bulk form of :meth:`Kind.plain` for readers that fetch raw columns (the
+    export's fast paths); with :meth:`Kind.row` and :meth:`Kind.plain`, the only
+    places that call the codec.
+    """
+    return [v if v is None else codec.decode_text(v) for v in values]
 
 
 def _thread_id() -> Column[Any]:
