@@ -156,3 +156,20 @@ def test_a_vanished_newest_thread_is_a_warning(
     assert result.exit_code == 1
     assert _lines(result)["dashscope"] == "warn"
     assert t.thread_id in result.stdout
+
+
+def test_an_endpoint_whose_404_cannot_be_trusted_is_broken(
+    store: ThreadStore, emulator: Emulator, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base URL without /api/v1 answers 404 in a gateway's shape: dashscope fails, exit 2."""
+    import dashscope
+
+    store.sweep(timedelta(days=7))
+    wrong = emulator.url.rsplit("/api/v1", 1)[0]
+    monkeypatch.setattr(dashscope, "base_http_api_url", wrong)
+    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", wrong)
+    result = _doctor(db_url)
+    assert result.exit_code == 2, result.output
+    line = next(x for x in result.stdout.splitlines() if " dashscope " in f" {x} ")
+    assert line.startswith("fail")
+    assert "404" in line
