@@ -691,13 +691,15 @@ class Mirror:
         for item in batch:  # find the one that failed; write the rest
             self._apply([item])
 
-    def close(self) -> None:
-        """Write what is queued, then stop the writer thread."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Write what is queued, then stop the writer thread; False if ``timeout`` passed."""
         with self._writer_lock:
             writer, self._writer = self._writer, None
         if writer is not None and writer.is_alive():
             self._queue.put(None)
-            writer.join()
+            writer.join(timeout)
+            return not writer.is_alive()
+        return True
 
 
 def _int(value: Any) -> int | None:

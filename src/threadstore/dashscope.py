@@ -97,13 +97,14 @@ def flush(timeout: float | None = None) -> bool:
     return all(mirror.flush(timeout) for mirror in mirrors)
 
 
-def close_stores() -> None:
-    """Write what is pending, then close the stores the facade opened."""
+def close_stores(timeout: float | None = None) -> None:
+    """Write what is pending (waiting at most ``timeout`` s each), then close the stores."""
     with _lock:
         opened = list(_stores.values())
         _stores.clear()
     for store, mirror in opened:
-        mirror.close()
+        if not mirror.close(timeout):
+            log.warning("mirror writes still pending after %ss were abandoned", timeout)
         store.close()
 
 
@@ -112,7 +113,8 @@ def _forget_after_fork() -> None:
     _stores.clear()
 
 
-atexit.register(close_stores)
+# At exit, pending writes get a bounded wait: a dead database must not hang the app.
+atexit.register(close_stores, timeout=30.0)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from ..errors import RemoteError, RemoteUnavailable
 from ..remote import RemoteMessage, RemoteRun, RemoteThread, error_from_status
+from ._state import tokens
 from .faults import DROPPED, Fault, FaultPlan
 
 __all__ = ["FakeRemote"]
@@ -276,9 +277,10 @@ class FakeRemote:
                            last_error="server_error: the fake run failed")
         else:
             reply = f"Echo: {last_user}"
+            # The emulator's estimate (threadstore.testing._state.tokens), on the same text.
+            prompt = tokens(sum(len(m.content) for m in t.messages))
+            completion = tokens(len(reply))
             self._message(t, reply, "assistant", run_id=run.id, assistant_id=run.assistant_id)
-            prompt = sum(len(m.content) for m in t.messages) // 4 + 1
-            completion = len(reply) // 4 + 1
             done = replace(run, status="completed", started_at=now, completed_at=now,
                            prompt_tokens=prompt, completion_tokens=completion,
                            total_tokens=prompt + completion)
