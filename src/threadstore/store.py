@@ -388,8 +388,10 @@ class ThreadStore:
             "status": ThreadStatus.CREATING.value,
             "ttl_seconds": int(ttl.total_seconds()) if ttl else None,
         }
-        with self._write() as conn:
-            conn.execute(_INSERT_INTENT, THREADS.row(intent, self.codec))
+        # Both steps run on the driver (db.write_fast): this is the one local cost
+        # every create pays, twice, and SQLAlchemy's per-statement work was most of it.
+        with db.write_fast(self.engine) as tx:
+            tx.run(_INSERT_INTENT, THREADS.row(intent, self.codec), insert=True)
         try:
             remote = self.remote.create_thread(
                 messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
@@ -415,11 +417,16 @@ class ThreadStore:
                 "p_last_active": now,
                 "p_ttl_expires_at": now + ttl if ttl else None,
             }
-            with self._write() as conn:
-                done = conn.execute(_ACTIVATE_INTENT, values)
-                if done.rowcount != 1:
-                    raise StoreError(f"the intent row for {remote.id} vanished")
-                self._insert_new_messages(conn, remote.id, first)
+            if first:
+                with self._write() as conn:
+                    done = conn.execute(_ACTIVATE_INTENT, values).rowcount
+                    if done == 1:
+                        self._insert_new_messages(conn, remote.id, first)
+            else:
+                with db.write_fast(self.engine) as tx:
+                    done = tx.run(_ACTIVATE_INTENT, values)
+            if done != 1:
+                raise StoreError(f"the intent row for {remote.id} vanished")
         except BaseException as exc:
             self._compensate(remote.id, workspace, exc)
             self._drop_intent(intent_id)

@@ -1,8 +1,9 @@
-"""Operations with a limit cost the same on a store of any size (issue 14).
+"""The fast paths of issue 14 keep their promises (speed itself is in benchmarks/).
 
-Not timed: the proofs are the reports' bounded counts and SQLite's query plans
-(``EXPLAIN QUERY PLAN``), which say whether a query reads rows in index order and
-stops at its limit, or sorts every matching row first.
+Not timed: the proofs are the reports' bounded counts, SQLite's query plans
+(``EXPLAIN QUERY PLAN``: rows read in index order up to the limit, or every
+matching row sorted first), the modules a command loads, and a create on the
+driver path failing as cleanly as through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, update
 
-from threadstore import ThreadStore
+from threadstore import StoreError, ThreadStore
 from threadstore import sweep as sweep_module
 from threadstore.models import threads, utcnow
 from threadstore.testing import FakeRemote
@@ -122,3 +123,22 @@ def test_sweep_command_starts_without_what_only_other_commands_need() -> None:
     for heavy in ("apscheduler", "threadstore.testing", "threadstore.demo", "alembic",
                   "dashscope", "pyarrow"):
         assert heavy not in loaded, heavy
+
+
+def test_create_on_the_driver_path_fails_cleanly_when_the_database_does(
+    sqlite_url: str,
+) -> None:
+    """No intent row can be written: StoreError, and nothing was created remotely."""
+    remote = FakeRemote()
+    with ThreadStore(sqlite_url, remote=remote) as store:
+        assert not store.engine.dispatch.before_cursor_execute  # the driver path, then
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TRIGGER no_threads BEFORE INSERT ON threads "
+                                 "BEGIN SELECT RAISE(ABORT, 'disk is gone'); END")
+        with pytest.raises(StoreError, match="disk is gone"):
+            store.create_thread(user_id="u1")
+        assert remote.thread_ids() == []
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER no_threads")
+        created = store.create_thread(user_id="u1")
+        assert store.get_thread(created.thread_id).user_id == "u1"
