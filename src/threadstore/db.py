@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import stat
 import urllib.parse
@@ -55,6 +56,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "inspect_store",
+    "mask_secrets",
     "open_engine",
     "read",
     "safe_url",
@@ -71,22 +73,39 @@ SCHEMA_HEAD = "0003"
 _BEGIN_OPTION = "threadstore_sqlite_begin"
 
 
+_SECRET_PARAM = re.compile(
+    r"(?i)\b((?:ssl)?password|passwd|pwd|secret|token|api[_-]?key)=([^&\s'\";]*)"
+)
+_USERINFO = re.compile(r"(://[^:/@\s]*):([^@\s]*)@")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL passwords (``user:***@``) and ``password=***`` parameters masked.
+
+    For messages that may quote a database URL or a driver's connection string.
+    """
+    return _USERINFO.sub(r"\1:***@", _SECRET_PARAM.sub(r"\1=***", text))
+
+
 def safe_url(url: URL | str) -> str:
-    """The URL with any password masked, for messages and logs."""
+    """The URL with any password masked — in the user part and in the query
+    (``?password=…``) — for messages, logs and ``repr``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        rendered = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
         return "<malformed database URL>"
+    return mask_secrets(rendered)
 
 
 def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # Not chained: the parser's message repeats the URL, password and all.
         raise ConfigError(
-            f"malformed database URL {str(url)!r}: expected e.g. sqlite:///threadstore.db "
-            "or postgresql://user@host/dbname"
-        ) from exc
+            f"malformed database URL {mask_secrets(str(url))!r}: expected e.g. "
+            "sqlite:///threadstore.db or postgresql://user@host/dbname"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -193,7 +212,9 @@ def open_engine(url: str | URL, *, echo: bool = False) -> Engine:
             f"no driver for {parsed.drivername!r}{hint}: {exc}"
         ) from exc
     except ArgumentError as exc:
-        raise ConfigError(f"bad database URL {safe_url(parsed)}: {exc}") from exc
+        raise ConfigError(
+            f"bad database URL {safe_url(parsed)}: {mask_secrets(str(exc))}"
+        ) from None
     if backend == "sqlite":
         engine.dialect.statement_compiler = _SQLiteCompiler
         _sqlite_events(engine, memory=memory)
@@ -401,7 +422,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     except StoreError as exc:
         cause = exc.__cause__
         detail = _short(cause) if isinstance(cause, SQLAlchemyError) else str(exc)
-        raise ConfigError(f"cannot open database {safe_url(engine.url)}: {detail}") from exc
+        raise ConfigError(
+            f"cannot open database {safe_url(engine.url)}: {mask_secrets(detail)}"
+        ) from exc
 
 
 def downgrade(engine: Engine, revision: str) -> None:

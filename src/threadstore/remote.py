@@ -20,6 +20,7 @@ so that the rest of threadstore never has to remember the SDK's traps:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -96,14 +97,16 @@ def resolve_api_key(api_key: str | None = None) -> str:
     Order: the argument; ``dashscope.api_key`` if the SDK is loaded;
     ``DASHSCOPE_API_KEY``; the file at ``DASHSCOPE_API_KEY_FILE_PATH``;
     ``~/.dashscope/api_key``. Raises :class:`RemoteAuthError` if none is set.
+    Surrounding whitespace is stripped from each (a Kubernetes secret made with
+    ``--from-file`` ends in a newline, which no HTTP header may carry).
     """
-    if api_key:
-        return api_key
+    if api_key and api_key.strip():
+        return api_key.strip()
     sdk = _loaded_sdk()
-    if sdk is not None and getattr(sdk, "api_key", None):
-        return str(sdk.api_key)
-    if os.environ.get("DASHSCOPE_API_KEY"):
-        return os.environ["DASHSCOPE_API_KEY"]
+    if sdk is not None and str(getattr(sdk, "api_key", None) or "").strip():
+        return str(sdk.api_key).strip()
+    if os.environ.get("DASHSCOPE_API_KEY", "").strip():
+        return os.environ["DASHSCOPE_API_KEY"].strip()
     candidates = [os.environ.get("DASHSCOPE_API_KEY_FILE_PATH"), "~/.dashscope/api_key"]
     for candidate in candidates:
         if candidate:
@@ -371,6 +374,28 @@ def _translate_exception(
 ThreadStoreErrorLike = RemoteError | ConfigError
 
 
+def _key_leak(
+    exc: BaseException, key: str | None, operation: str, about: str | None
+) -> RemoteAuthError | None:
+    """The RemoteAuthError to raise, unchained, if ``exc`` cannot go out without the key.
+
+    ``requests`` refuses a header with a control character in it and quotes the
+    whole header (``Bearer <key>``) in its message; chained as ``__cause__``, the
+    key would land in any traceback an application logs. Such a key is never
+    going to work: an auth error (the sweep stops), not a transient one.
+    """
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.InvalidHeader) or (key and key in text):
+        where = f" for {about}" if about else ""
+        return RemoteAuthError(
+            f"{operation}{where}: the DashScope API key cannot be sent (it contains "
+            "whitespace or control characters inside it); check DASHSCOPE_API_KEY",
+            operation=operation,
+            thread_id=about,
+        )
+    return None
+
+
 def _dropped_mid_request(exc: requests.ConnectionError) -> bool:
     """True if the connection broke after the request went out (not a refused connect)."""
     reason = exc.args[0] if exc.args else None
@@ -525,9 +550,18 @@ class DashScopeRemote:
         timeout: float = DEFAULT_TIMEOUT,
         pool_size: int = 256,
     ) -> None:
-        if timeout <= 0:
-            raise ConfigError("timeout must be a positive number of seconds")
-        self._api_key = api_key
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= 3600
+        ):
+            raise ConfigError(
+                f"timeout must be a number of seconds above 0 and at most 3600, not {timeout!r}"
+            )
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigError("api_key must be a string")
+        self._api_key = api_key.strip() if api_key is not None else None
         self._base_url = base_url
         self.timeout = timeout
         self._pool_size = pool_size
@@ -543,9 +577,13 @@ class DashScopeRemote:
         return resolve_base_url(self._base_url, None)
 
     def _kw(self, workspace: str | None) -> dict[str, Any]:
-        kw: dict[str, Any] = {"workspace": workspace, "request_timeout": self.timeout}
-        if self._api_key is not None:
-            kw["api_key"] = self._api_key
+        # Always the resolved, stripped key: left to itself the SDK would send
+        # DASHSCOPE_API_KEY as it is, trailing newline and all.
+        kw: dict[str, Any] = {
+            "workspace": workspace,
+            "request_timeout": self.timeout,
+            "api_key": resolve_api_key(self._api_key),
+        }
         if self._base_url is not None:
             kw["base_address"] = self._base_url
         return kw
@@ -556,8 +594,12 @@ class DashScopeRemote:
         try:
             result = fn(*a, **kw)
         except _sdk_errors() as exc:
-            raise _translate_exception(exc, operation, about) from exc
-        return _check(result, operation, about, self._shown_base_url())
+            leak = _key_leak(exc, kw.get("api_key"), operation, about)
+            if leak is None:
+                raise _translate_exception(exc, operation, about) from exc
+        else:
+            return _check(result, operation, about, self._shown_base_url())
+        raise leak  # outside the handler: no __context__ holding the key either
 
     def _shown_base_url(self) -> str | None:
         try:
@@ -622,12 +664,17 @@ class DashScopeRemote:
         if workspace is not None:
             headers["X-DashScope-WorkSpace"] = workspace
         base = resolve_base_url(self._base_url, workspace)
+        leak: RemoteAuthError | None = None
         try:
             response = self._pooled().delete(
                 f"{base}/threads/{thread_id}", headers=headers, timeout=self.timeout
             )
         except (requests.RequestException, ValueError) as exc:
-            raise _translate_exception(exc, operation, thread_id) from exc
+            leak = _key_leak(exc, self._delete_key, operation, thread_id)
+            if leak is None:
+                raise _translate_exception(exc, operation, thread_id) from exc
+        if leak is not None:
+            raise leak  # outside the handler: no __context__ holding the key either
         body = _json_or_none(response)
         if response.status_code == 200 and body is not None and body.get("deleted") is not False:
             log.debug("deleted remote thread %s", thread_id)
