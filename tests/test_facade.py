@@ -357,10 +357,9 @@ def test_a_create_the_mirror_cannot_record_is_never_sent(
     from threadstore.errors import StoreError
 
     store, _ = facade_module._store()
-    cascade = " CASCADE" if store.engine.dialect.name == "postgresql" else ""
     with store.engine.begin() as conn:
-        conn.execute(text("DROP TABLE run_steps"))
-        conn.execute(text(f"DROP TABLE threads{cascade}"))
+        for table in ("run_steps", "messages", "runs", "threads"):  # children first
+            conn.execute(text(f"DROP TABLE {table}"))
     emulator.capture = True
     with pytest.raises(StoreError):
         facade_module.Threads.create(metadata={"a": "b"})
