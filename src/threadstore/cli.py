@@ -1148,7 +1148,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     "--output",
     default="-",
     metavar="FILE|-",
-    help="Write to FILE (replaced only once complete); '-' is stdout (the default).",
+    help="Write to FILE (a regular file is replaced only once complete; a FIFO or "
+    "device is written through; a read-only file is refused); '-' is stdout (the default).",
 )
 @click.option("--since", type=DATETIME, help="From this time on (inclusive); naive = UTC.")
 @click.option("--until", type=DATETIME, help="Before this time (exclusive); naive = UTC.")

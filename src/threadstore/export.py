@@ -59,6 +59,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -67,6 +68,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, cast
+
+try:
+    import fcntl
+
+    _TRY_LOCK: int | None = fcntl.LOCK_EX | fcntl.LOCK_NB
+except ImportError:  # Windows: stale temp files go by age instead
+    _TRY_LOCK = None
 
 from sqlalchemy import (
     ColumnElement,
@@ -520,21 +528,33 @@ def _is_text(file: object) -> bool:
 
 @contextlib.contextmanager
 def _open_target(target: str | Path | IO[Any]) -> Iterator[_Sink]:
-    """A sink for ``target``; a path is written to a temp file renamed on success."""
+    """A sink for ``target``: a file object as it is, or a path (see :func:`_target_path`).
+
+    A regular file (or a new one) is written to a 0600 temp file beside it, renamed
+    over it only on success; the temp file is locked while written, and the next
+    export to the same target removes temp files whose writer died. A FIFO or a
+    character device is written through, as the shell's ``>`` would.
+    """
     if not isinstance(target, str | Path):
         yield _Sink(target, binary=not _is_text(target))
         return
-    path = Path(target).expanduser()
-    if path.is_dir():
-        raise ConfigError(f"export target {str(path)!r} is a directory")
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write export {str(path)!r}: no directory {path.parent}")
+    path, through = _target_path(Path(target).expanduser())
+    if through:
+        try:
+            file = open(path, "wb")  # noqa: SIM115 - closed below, after the export
+        except OSError as exc:
+            raise ConfigError(f"cannot write export {str(target)!r}: {exc.strerror}") from exc
+        with file:
+            yield _Sink(file, binary=True)
+        return
+    _remove_stale_parts(path)
     try:
         # mkstemp makes the file 0600: an export holds private conversations.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as exc:
         raise ConfigError(f"cannot write export {str(path)!r}: {exc.strerror}") from exc
     try:
+        _lock(fd)  # tells a later export that this temp file's writer is alive
         with os.fdopen(fd, "wb") as f:
             yield _Sink(f, binary=True)
         os.replace(tmp, path)
@@ -542,6 +562,81 @@ def _open_target(target: str | Path | IO[Any]) -> Iterator[_Sink]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _target_path(path: Path) -> tuple[Path, bool]:
+    """Where an export to ``path`` goes, and whether it is written through.
+
+    * a symlink is followed (``>`` writes to its target; the link stays a link);
+    * a FIFO or a character device (``/dev/stdout``, ``/dev/null``) is written
+      through — it cannot be replaced, and replacing it would break its reader;
+    * a regular file is replaced atomically, unless it is read-only: then the
+      export is refused, as ``>`` would refuse it;
+    * a directory, a socket or a block device is refused.
+    """
+    shown = str(path)
+    resolved = Path(os.path.realpath(path))
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        if not resolved.parent.is_dir():
+            raise ConfigError(
+                f"cannot write export {shown!r}: no directory {resolved.parent}"
+            ) from None
+        return resolved, False
+    except OSError as exc:
+        raise ConfigError(f"cannot write export {shown!r}: {exc.strerror}") from exc
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"export target {shown!r} is a directory")
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return resolved, True
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"export target {shown!r} is not a file, a FIFO or a character device")
+    # Mode bits as well as access(): root may write anything, but a file marked
+    # read-only was marked so on purpose.
+    if not mode & 0o222 or not os.access(resolved, os.W_OK):
+        raise ConfigError(f"cannot write export {shown!r}: the file is read-only")
+    return resolved, False
+
+
+def _lock(fd: int) -> None:
+    if _TRY_LOCK is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, _TRY_LOCK)
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Remove the ``.NAME.*.part`` temp files that a killed export left beside ``path``.
+
+    A live export holds a lock on its temp file; one that nobody holds was left
+    by a writer that died (it may hold megabytes of decrypted text). Without
+    ``fcntl`` (Windows) only temp files older than a day are removed.
+    """
+    prefix = f".{path.name}."
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".part")):
+            continue
+        with contextlib.suppress(OSError):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if _TRY_LOCK is None:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime > 86400:
+                    os.unlink(entry.path)
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                try:
+                    fcntl.flock(fd, _TRY_LOCK)
+                except OSError:
+                    continue  # its writer is alive
+                os.unlink(entry.path)
+                log.info("removed %s, left by an export that did not finish", entry.path)
+            finally:
+                os.close(fd)
 
 
 # --------------------------------------------------------------------------- writers
