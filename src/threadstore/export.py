@@ -331,16 +331,25 @@ def _cat(*parts: Any) -> ColumnElement[Any]:
     return type_coerce(out, String())
 
 
-def _csv_cell(col: Any, kind: str, text: Any) -> ColumnElement[Any]:
-    """One cell as pyarrow's CSV writer renders it (strings quoted, NULL empty)."""
+def _csv_cell(col: Any, kind: str, text: Any) -> tuple[str, list[Any]]:
+    """One cell as pyarrow's CSV writer renders it (strings quoted, NULL empty):
+    its part of a ``printf`` format, and the arguments that part takes.
+
+    ``%w`` is SQLite's printf conversion that doubles double quotes: CSV quoting
+    in C. A column that may be NULL is rendered apart (NULL is an empty field).
+    """
     if kind == BOOL:
-        return case((col == 1, "true"), (col == 0, "false"), else_="")
+        return "%s", [case((col == 1, "true"), (col == 0, "false"), else_="")]
     if kind in (INT, LEN):
         value = func.length(text) if kind == LEN else col
-        return func.coalesce(type_coerce(value, String()), "")
-    if kind == TS:
-        col = _cat(func.replace(col, " ", "T"), literal("+00:00"))
-    return func.coalesce(_cat(literal('"'), func.replace(col, '"', '""'), literal('"')), "")
+        return "%s", [func.coalesce(type_coerce(value, String()), "")]
+    if kind == TS:  # stored 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC)
+        part, args = '"%sT%s+00:00"', [func.substr(col, 1, 10), func.substr(col, 12)]
+    else:
+        part, args = '"%w"', [col]
+    if getattr(col, "nullable", True):
+        return "%s", [case((col.is_(None), ""), else_=func.printf(part, *args))]
+    return part, args
 
 
 def _json_value(col: Any, kind: str, text: Any) -> ColumnElement[Any]:
@@ -378,7 +387,8 @@ def _sqlite_lines(
     text = next((sub.c[n] for n, k in spec if k == TEXT), None)
     if fmt == "csv":
         cells = [_csv_cell(sub.c[n], k, text) for n, k in spec]
-        line = _cat(*[p for cell in cells for p in (literal(","), cell)][1:])
+        fmt_text = ",".join(part for part, _ in cells)
+        line = func.printf(fmt_text, *[arg for _, cell_args in cells for arg in cell_args])
     else:
         args: list[Any] = []
         for n, k in spec:
