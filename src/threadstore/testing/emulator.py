@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ._state import RUN_STATUSES, ApiError, DashScopeState, Events, Request, json_body
-from .faults import DROPPED, OPS, Fault, FaultPlan, check_op
+from .faults import DROPPED, OPS, Fault, FaultPlan, FaultSteering, check_op
 
 __all__ = ["OPS", "RUN_STATUSES", "CapturedRequest", "Emulator", "Fault"]
 
@@ -102,7 +102,7 @@ class CapturedRequest:
     op: str
 
 
-class Emulator:
+class Emulator(FaultSteering):
     """In-memory DashScope Assistant API served over HTTP on a background thread.
 
     ``api_key=None`` disables the bearer check; ``latency`` is added to every request;
@@ -214,36 +214,8 @@ class Emulator:
         return f"http://{host}:{self.port}{API_PREFIX.rstrip('/')}"
 
     # ------------------------------------------------------------------ steering
-    def fail(
-        self,
-        op: str,
-        *,
-        status: int | None = 500,
-        code: str | None = None,
-        message: str | None = None,
-        times: int | None = None,
-        rate: float | None = None,
-        thread_id: str | None = None,
-        workspace: str | None = None,
-        retry_after: float | None = None,
-        latency: float | None = None,
-        hang: bool = False,
-        drop: bool = False,
-    ) -> Fault:
-        """Inject a fault for ``op`` (or ``"*"``); the first matching active fault wins.
-
-        ``code``/``message`` default from ``status`` (429 -> ``Throttling`` ...).
-        ``status=None`` without ``hang``/``drop`` only adds ``latency``.
-        """
-        return self._plan.add(
-            op, status=status, code=code, message=message, times=times, rate=rate,
-            thread_id=thread_id, workspace=workspace, retry_after=retry_after,
-            latency=latency, hang=hang, drop=drop,
-        )
-
-    def clear_faults(self) -> None:
-        """Cancel and forget every fault."""
-        self._plan.clear()
+    # fail(), clear_faults(), count() and calls are FaultSteering's: one fault model
+    # for both doubles.
 
     def set_latency(self, seconds: float, op: str | None = None) -> None:
         """Set the global base latency, or an extra latency for one op (added to it)."""
@@ -284,18 +256,6 @@ class Emulator:
         self._plan.reseed()
         self.reset_counters()
 
-    # ------------------------------------------------------------------ counters
-    def count(
-        self, op: str | None = None, thread_id: str | None = None, status: int | None = None
-    ) -> int:
-        """Requests answered, filtered by op, thread id and HTTP status (0 = drop/hang)."""
-        return self._plan.count(op, thread_id, status)
-
-    @property
-    def calls(self) -> tuple[tuple[str, str | None, int], ...]:
-        """Snapshot of ``(op, thread_id, status)`` per request, oldest first."""
-        return self._plan.calls
-
     @property
     def requests(self) -> tuple[CapturedRequest, ...]:
         """The API requests received while :attr:`capture` was on, oldest first."""
@@ -304,7 +264,7 @@ class Emulator:
 
     def reset_counters(self) -> None:
         """Clear ``calls``, ``count()``, the stats counters and captured requests."""
-        self._plan.reset_counters()
+        super().reset_counters()
         with self._lock:
             self._requests.clear()
 

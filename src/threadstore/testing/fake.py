@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from ..errors import RemoteError, RemoteUnavailable
 from ..remote import RemoteMessage, RemoteRun, RemoteThread, error_from_status
 from ._state import tokens
-from .faults import DROPPED, Fault, FaultPlan
+from .faults import DROPPED, FaultPlan, FaultSteering
 
 __all__ = ["FakeRemote"]
 
@@ -49,7 +49,7 @@ class _Thread:
     runs: dict[str, RemoteRun] = field(default_factory=dict)
 
 
-class FakeRemote:
+class FakeRemote(FaultSteering):
     """In-memory DashScope; see the module docstring."""
 
     def __init__(self, *, seed: int = 0, run_status: str = "completed") -> None:
@@ -59,51 +59,6 @@ class FakeRemote:
         self._clock = itertools.count()
         self.run_status = run_status
         self.closed = False
-
-    # -- steering (the Emulator's, see threadstore.testing.faults)
-
-    def fail(
-        self,
-        op: str,
-        *,
-        status: int | None = 500,
-        code: str | None = None,
-        message: str | None = None,
-        times: int | None = None,
-        rate: float | None = None,
-        thread_id: str | None = None,
-        workspace: str | None = None,
-        retry_after: float | None = None,
-        latency: float | None = None,
-        hang: bool = False,
-        drop: bool = False,
-    ) -> Fault:
-        """Make matching calls fail (``op`` like ``threads.delete``, or ``*``).
-
-        Unknown operation names raise ValueError. ``latency`` sleeps before the call;
-        ``hang``/``drop`` make the outcome unknown.
-        """
-        return self._plan.add(
-            op, status=status, code=code, message=message, times=times, rate=rate,
-            thread_id=thread_id, workspace=workspace, retry_after=retry_after,
-            latency=latency, hang=hang, drop=drop,
-        )
-
-    def clear_faults(self) -> None:
-        self._plan.clear()
-
-    def count(self, op: str | None = None, thread_id: str | None = None,
-              status: int | None = None) -> int:
-        """Calls made, filtered by op, thread id and status (0 = hang/drop)."""
-        return self._plan.count(op, thread_id, status)
-
-    @property
-    def calls(self) -> tuple[tuple[str, str | None, int], ...]:
-        """Snapshot of ``(op, thread_id, status)`` per call, oldest first."""
-        return self._plan.calls
-
-    def reset_counters(self) -> None:
-        self._plan.reset_counters()
 
     def thread_exists(self, thread_id: str, workspace: str | None = None) -> bool:
         """Whether the thread exists in ``workspace`` (None = the no-workspace scope)."""

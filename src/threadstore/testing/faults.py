@@ -15,7 +15,7 @@ import random
 import threading
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CODES", "DROPPED", "OPS", "Fault", "FaultPlan"]
+__all__ = ["DEFAULT_CODES", "DROPPED", "OPS", "Fault", "FaultPlan", "FaultSteering"]
 
 OPS: tuple[str, ...] = (
     "threads.create",
@@ -149,29 +149,11 @@ class FaultPlan:
 
     # -- faults
 
-    def add(
-        self,
-        op: str,
-        *,
-        status: int | None = 500,
-        code: str | None = None,
-        message: str | None = None,
-        times: int | None = None,
-        rate: float | None = None,
-        thread_id: str | None = None,
-        workspace: str | None = None,
-        retry_after: float | None = None,
-        latency: float | None = None,
-        hang: bool = False,
-        drop: bool = False,
-    ) -> Fault:
+    def add(self, fault: Fault) -> Fault:
+        """Put ``fault`` in force under the next ``fault_<n>`` id; returns it."""
         with self._lock:
             self._seq += 1
-            fault = Fault(
-                f"fault_{self._seq}", op, status=status, code=code, message=message,
-                times=times, rate=rate, thread_id=thread_id, workspace=workspace,
-                retry_after=retry_after, latency=latency, hang=hang, drop=drop,
-            )
+            fault.id = f"fault_{self._seq}"
             self._faults.append(fault)
         return fault
 
@@ -244,3 +226,60 @@ class FaultPlan:
     def deletes_by_thread(self) -> dict[str, int]:
         with self._lock:
             return dict(self._deletes)
+
+
+class FaultSteering:
+    """The steering both test doubles expose, written once over their :class:`FaultPlan`.
+
+    A double inherits it and sets ``self._plan`` in its ``__init__``.
+    """
+
+    _plan: FaultPlan
+
+    def fail(
+        self,
+        op: str,
+        *,
+        status: int | None = 500,
+        code: str | None = None,
+        message: str | None = None,
+        times: int | None = None,
+        rate: float | None = None,
+        thread_id: str | None = None,
+        workspace: str | None = None,
+        retry_after: float | None = None,
+        latency: float | None = None,
+        hang: bool = False,
+        drop: bool = False,
+    ) -> Fault:
+        """Inject a fault for ``op`` (or ``"*"``); the first matching active fault wins.
+
+        Unknown operation names raise ValueError. ``code``/``message`` default from
+        ``status`` (429 -> ``Throttling`` ...). ``latency`` delays the request;
+        ``status=None`` without ``hang``/``drop`` only adds ``latency``; ``hang``/``drop``
+        make the outcome unknown.
+        """
+        return self._plan.add(Fault(
+            "", op, status=status, code=code, message=message, times=times, rate=rate,
+            thread_id=thread_id, workspace=workspace, retry_after=retry_after,
+            latency=latency, hang=hang, drop=drop,
+        ))
+
+    def clear_faults(self) -> None:
+        """Cancel and forget every fault."""
+        self._plan.clear()
+
+    def count(
+        self, op: str | None = None, thread_id: str | None = None, status: int | None = None
+    ) -> int:
+        """Requests answered, filtered by op, thread id and HTTP status (0 = drop/hang)."""
+        return self._plan.count(op, thread_id, status)
+
+    @property
+    def calls(self) -> tuple[tuple[str, str | None, int], ...]:
+        """Snapshot of ``(op, thread_id, status)`` per request, oldest first."""
+        return self._plan.calls
+
+    def reset_counters(self) -> None:
+        """Clear ``calls`` and ``count()``."""
+        self._plan.reset_counters()
