@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -377,7 +377,9 @@ class RunRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
-    tool_calls: tuple[dict[str, Any], ...] = ()
+    # Not taken from a remote run snapshot (Kind.from_remote): the mirror reads them
+    # from the run's required_action and keeps the outputs already stored.
+    tool_calls: tuple[dict[str, Any], ...] = field(default=(), metadata={"remote": False})
     # Not a column: the messages this run added (not part of its JSON form).
     messages: tuple[MessageRecord, ...] = field(default=(), metadata={"json": False})
 
@@ -494,9 +496,13 @@ class Kind:
         ``created_at`` becomes now.
         """
         row: dict[str, Any] = {}
+        local = (
+            {f.name for f in fields(obj) if not f.metadata.get("remote", True)}
+            if is_dataclass(obj) else set()
+        )
         for column in self.table.c:
             attr = "id" if column.name == self.id_column else column.name
-            if hasattr(obj, attr):
+            if hasattr(obj, attr) and attr not in local:
                 row[column.name] = getattr(obj, attr)
         row.update(values)
         if "created_at" in self.table.c and row.get("created_at") is None:

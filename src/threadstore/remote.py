@@ -44,6 +44,7 @@ from .errors import (
     RemoteUnavailable,
     UntrustedNotFound,
 )
+from .models import MessageRecord, RunRecord, utcnow
 
 __all__ = [
     "TERMINAL_RUN_STATUSES",
@@ -153,39 +154,28 @@ class RemoteThread:
     raw: Any = field(default=None, compare=False, repr=False)
 
 
+# A remote message or run is the record it is mirrored as (declared once, in models.py)
+# plus the SDK object it was read from: a new column is a field of the record only.
 @dataclass(frozen=True)
-class RemoteMessage:
+class RemoteMessage(MessageRecord):
     """A message as DashScope returned it; ``content`` is the joined text parts."""
 
-    id: str
-    thread_id: str
-    role: str
-    content: str
-    created_at: datetime | None
-    run_id: str | None = None
-    assistant_id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
     raw: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.message_id
 
 
 @dataclass(frozen=True)
-class RemoteRun:
+class RemoteRun(RunRecord):
     """A run as DashScope returned it, with its token usage flattened."""
 
-    id: str
-    thread_id: str
-    status: str
-    assistant_id: str | None = None
-    model: str | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    failed_at: datetime | None = None
-    last_error: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
     raw: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.run_id
 
 
 @runtime_checkable
@@ -490,11 +480,11 @@ def parse_thread(obj: Any) -> RemoteThread:
 
 def parse_message(obj: Any, thread_id: str | None = None) -> RemoteMessage:
     return RemoteMessage(
-        id=str(_get(obj, "id")),
+        message_id=str(_get(obj, "id")),
         thread_id=str(_get(obj, "thread_id") or thread_id),
         role=str(_get(obj, "role") or "user"),
         content=_text_of(_get(obj, "content")),
-        created_at=_ts(_get(obj, "created_at")),
+        created_at=_ts(_get(obj, "created_at")) or utcnow(),
         run_id=_get(obj, "run_id") or None,
         assistant_id=_get(obj, "assistant_id") or None,
         metadata=_metadata(_get(obj, "metadata")),
@@ -510,12 +500,12 @@ def parse_run(obj: Any, thread_id: str | None = None) -> RemoteRun:
         return int(value) if value is not None else None
 
     return RemoteRun(
-        id=str(_get(obj, "id")),
+        run_id=str(_get(obj, "id")),
         thread_id=str(_get(obj, "thread_id") or thread_id),
         status=str(_get(obj, "status") or "queued"),
         assistant_id=_get(obj, "assistant_id") or None,
         model=_get(obj, "model") or None,
-        created_at=_ts(_get(obj, "created_at")),
+        created_at=_ts(_get(obj, "created_at")) or utcnow(),
         started_at=_ts(_get(obj, "started_at")),
         completed_at=_ts(_get(obj, "completed_at")),
         failed_at=_ts(_get(obj, "failed_at")),

@@ -128,8 +128,8 @@ class FakeRemote(FaultSteering):
                  metadata: Mapping[str, Any] | None = None, run_id: str | None = None,
                  assistant_id: str | None = None) -> RemoteMessage:
         msg = RemoteMessage(
-            id=f"message_{uuid.uuid4().hex}", thread_id=thread.id, role=role, content=content,
-            created_at=self._now(), run_id=run_id, assistant_id=assistant_id,
+            message_id=f"message_{uuid.uuid4().hex}", thread_id=thread.id, role=role,
+            content=content, created_at=self._now(), run_id=run_id, assistant_id=assistant_id,
             metadata=dict(metadata or {}),
         )
         thread.messages.append(msg)
@@ -203,7 +203,7 @@ class FakeRemote(FaultSteering):
                    workspace: str | None = None) -> RemoteRun:
         def op() -> RemoteRun:
             t = self._get("runs.create", thread_id, workspace)
-            run = RemoteRun(id=f"run_{uuid.uuid4().hex}", thread_id=thread_id, status="queued",
+            run = RemoteRun(run_id=f"run_{uuid.uuid4().hex}", thread_id=thread_id, status="queued",
                             assistant_id=assistant_id, model=model or "qwen-max",
                             created_at=self._now())
             t.runs[run.id] = run
