@@ -90,6 +90,8 @@ def _add_job(
         raise ConfigError(f"every must be a positive timedelta, not {every!r}")
     if jitter is not None and jitter < 0:
         raise ConfigError("jitter must not be negative")
+    if jitter is None:
+        jitter = default_jitter(every)
     options: dict[str, Any] = {}
     if run_now:
         # Left out otherwise: an explicit next_run_time=None would add the job paused.
@@ -121,13 +123,7 @@ def start_background(
     ``scheduler.shutdown()``.
     """
     scheduler = BackgroundScheduler(timezone=timezone.utc, daemon=True)
-    _add_job(
-        scheduler,
-        run,
-        every=every,
-        jitter=default_jitter(every) if jitter is None else jitter,
-        run_now=run_now,
-    )
+    _add_job(scheduler, run, every=every, jitter=jitter, run_now=run_now)
     scheduler.start()
     log.info("sweeper started: every %s", every)
     return scheduler
@@ -151,13 +147,7 @@ def run_blocking(
     down cleanly, and the call returns once it has.
     """
     scheduler = BlockingScheduler(timezone=timezone.utc)
-    _add_job(
-        scheduler,
-        run,
-        every=every,
-        jitter=default_jitter(every) if jitter is None else jitter,
-        run_now=run_now,
-    )
+    _add_job(scheduler, run, every=every, jitter=jitter, run_now=run_now)
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop is not None:

@@ -614,6 +614,15 @@ def check_lease(lease: timedelta, remote: Remote) -> None:
         )
 
 
+def _check_age(name: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a positive timedelta no longer than a century."""
+    if not isinstance(value, timedelta) or value <= timedelta(0) or value > MAX_OLDER_THAN:
+        raise ConfigError(
+            f"{name} must be a positive timedelta of at most {MAX_OLDER_THAN.days} "
+            f"days, not {value!r}"
+        )
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -653,26 +662,9 @@ class SweepOptions:
     def __post_init__(self) -> None:
         # Bounded as well as typed: NaN, infinities and values whose dates
         # overflow are refused here, before anything is claimed or sent.
-        intent_age = self.intent_age
-        if (
-            not isinstance(intent_age, timedelta)
-            or intent_age <= timedelta(0)
-            or intent_age > MAX_OLDER_THAN
-        ):
-            raise ConfigError(
-                f"intent_age must be a positive timedelta of at most {MAX_OLDER_THAN.days} "
-                f"days, not {intent_age!r}"
-            )
-        older_than, limit, max_rps = self.older_than, self.limit, self.max_rps
-        if (
-            not isinstance(older_than, timedelta)
-            or older_than <= timedelta(0)
-            or older_than > MAX_OLDER_THAN
-        ):
-            raise ConfigError(
-                f"older_than must be a positive timedelta of at most {MAX_OLDER_THAN.days} "
-                f"days, not {older_than!r}"
-            )
+        _check_age("intent_age", self.intent_age)
+        _check_age("older_than", self.older_than)
+        limit, max_rps = self.limit, self.max_rps
         if limit is not None and (not _positive_int(limit) or limit > MAX_COUNT):
             raise ConfigError(
                 f"limit must be an integer from 1 to {MAX_COUNT} or None, not {limit!r}"
