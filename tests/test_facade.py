@@ -383,3 +383,32 @@ def test_a_404_for_a_thread_in_a_workspace_seen_working_drops_the_row_without_a_
     assert [r.op for r in emulator.requests] == ["threads.delete"]
     with _mirror(url) as store:
         assert store.list_threads() == []
+
+
+def test_a_created_thread_is_named_in_the_mirror_before_create_returns(
+    facade: tuple[ModuleType, str], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promise 1: once Threads.create returns, a kill -9 cannot leave a nameless intent row.
+
+    The background writer is held busy; the settle must not wait in its queue.
+    """
+    import threading
+
+    from threadstore.dashscope import Threads
+
+    module, url = facade
+    mirror = module._store()[1]
+    gate = threading.Event()
+    monkeypatch.setattr(mirror, "stall", lambda tx: gate.wait(10), raising=False)
+    mirror.submit("test.stall", "stall", {})
+    release = threading.Timer(0.5, gate.set)
+    release.start()
+    try:
+        thread = Threads.create(metadata={"k": "v"})
+        assert thread.status_code == 200
+        with ThreadStore(url, remote=FakeRemote()) as reader:
+            assert reader.get_thread(thread.id).metadata == {"k": "v"}
+            assert reader.stats().threads_creating == 0
+    finally:
+        gate.set()
+        release.cancel()

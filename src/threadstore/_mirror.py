@@ -394,10 +394,12 @@ class Mirror:
     def settle(self, tx: _Tx, *, intent_id: str, thread: Any) -> None:
         """The remote create answered with ``thread``: the intent row becomes it.
 
-        Submitted like an observation (so it costs the caller nothing); until it is
-        written the intent row stands for the thread, as in the store's create. A
-        thread id that is already mirrored (another call saw the thread first)
-        keeps that row and drops the intent.
+        Written at once by :meth:`settle_now`, not queued behind other
+        observations: a process killed after DashScope answered must leave, at
+        worst for the instant of one commit, an intent row that does not yet name
+        the thread (as :meth:`ThreadStore.create_thread` does). A thread id that is
+        already mirrored (another call saw the thread first) keeps that row and
+        drops the intent.
         """
         remote = parse_thread(thread)
         now = utcnow()
@@ -411,6 +413,11 @@ class Mirror:
             created_at=remote.created_at or now,
             last_active=now,
         )
+
+    def settle_now(self, *, intent_id: str, thread: Any) -> None:
+        """:meth:`settle` in a transaction of its own, before the caller gets the answer."""
+        with self._transaction() as tx:
+            self.settle(tx, intent_id=intent_id, thread=thread)
 
     def drop_intent(self, intent_id: str) -> None:
         """The remote create certainly did not happen: forget the intent row."""

@@ -21,10 +21,12 @@ resolve to the SDK's own.
 
 What is recorded, from which call, into the store at ``THREADSTORE_DATABASE_URL``
 (default ``sqlite:///threadstore.db``; one store per database URL, whatever the
-``api_key``): see :mod:`threadstore._mirror` and the README. Recording happens on a
-background writer thread (:func:`flush` waits for it; :func:`close_stores`, also run
-at exit, flushes). A mirror write that fails never changes what the caller gets: it
-is logged on ``threadstore.dashscope`` and counted (:func:`mirror_failures`).
+``api_key``): see :mod:`threadstore._mirror` and the README. A create's intent row
+and its settling (the row taking the remote id) are written before the call
+returns; everything else is recorded on a background writer thread (:func:`flush`
+waits for it; :func:`close_stores`, also run at exit, flushes). A mirror write that
+fails never changes what the caller gets: it is logged on ``threadstore.dashscope``
+and counted (:func:`mirror_failures`).
 
 Two orders are kept from :class:`~threadstore.ThreadStore`: a thread create (also
 ``create_and_run`` / ``create_thread_and_run``) writes its intent row *before* the
@@ -193,15 +195,23 @@ def _drop_intent(op: str, intent_id: str) -> None:
         _failed(op, exc)
 
 
+def _settle(op: str, intent_id: str, thread: Any) -> None:
+    """Name the created thread in its intent row now, synchronously (never queued).
+
+    The one mirror write a caller waits for besides the intent: until it commits,
+    a crash leaves a ``creating`` row that cannot name the remote thread.
+    """
+    try:
+        _store()[1].settle_now(intent_id=intent_id, thread=thread)
+    except Exception as exc:  # noqa: BLE001 - nothing may change what DashScope answered
+        _failed(op, exc)
+
+
 def _settle_answer(op: str, intent_id: str, result: Any, thread_id: str | None) -> None:
     if _ok(result) and thread_id:
-        _observe(op, "settle", intent_id=intent_id, thread={"id": thread_id})
+        _settle(op, intent_id, {"id": thread_id})
     else:
         _drop_intent(op, intent_id)
-
-
-def _settle_thread(op: str, intent_id: str, thread: Any) -> None:
-    _observe(op, "settle", intent_id=intent_id, thread=thread)
 
 
 def _thread_metadata(thread: Any) -> Any:
@@ -249,7 +259,7 @@ def _mirrored_stream(
             if event == "thread.created" and intent_id is not None:
                 new_id = getattr(obj, "id", None)
                 if isinstance(new_id, str):
-                    _settle_thread(op, intent_id, obj)
+                    _settle(op, intent_id, obj)
                     intent_id, thread_id = None, new_id
             elif event in _RUN_EVENTS:
                 tid = getattr(obj, "thread_id", None) or thread_id
@@ -322,7 +332,7 @@ class Threads:
             _settle_failed_create("threads.create", intent_id, exc)
             raise
         if _ok(result):
-            _observe("threads.create", "settle", intent_id=intent_id, thread=result)
+            _settle("threads.create", intent_id, result)
             _prove(workspace)
         else:
             _drop_intent("threads.create", intent_id)
