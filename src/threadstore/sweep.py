@@ -567,6 +567,25 @@ def _count_blocked(
     return a + b, a_capped or b_capped
 
 
+def _survey(
+    conn: Connection, *, limit: int | None, cutoff: datetime, started: datetime
+) -> tuple[int, bool, Select[Any], int, bool]:
+    """What a sweep (or dry run) finds before it starts.
+
+    (blocked, blocked capped, the candidates query, candidates, candidates capped):
+    with a limit, the counts behind ``skipped`` and progress stop at a bound, so a
+    small sweep costs the same on a store of any size.
+    """
+    blocked, blocked_capped = _count_blocked(
+        conn, cutoff=cutoff, started=started, at_most=None if limit is None else SKIPPED_BOUND
+    )
+    candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
+    total, total_capped = _count(
+        conn, candidates, None if limit is None else limit + SKIPPED_BOUND
+    )
+    return blocked, blocked_capped, candidates, total, total_capped
+
+
 def _candidates(*, now: datetime, cutoff: datetime, started: datetime) -> Select[Any]:
     """Claimable expired rows, oldest activity first (the order sweeps take them in)."""
     query = (
@@ -844,15 +863,10 @@ def _dry_run(
     clock: float,
 ) -> SweepReport:
     """What a sweep would do; changes nothing (no history row either)."""
-    # With a limit, the counts behind ``skipped`` stop at a bound, so a small dry
-    # run costs the same on a store of any size.
-    at_most = None if limit is None else limit + SKIPPED_BOUND
     with db.read(engine) as conn:
-        blocked, blocked_capped = _count_blocked(
-            conn, cutoff=cutoff, started=started, at_most=None if limit is None else SKIPPED_BOUND
+        blocked, blocked_capped, candidates, total, total_capped = _survey(
+            conn, limit=limit, cutoff=cutoff, started=started
         )
-        candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
-        total, total_capped = _count(conn, candidates, at_most)
         query = candidates if limit is None else candidates.limit(limit)
         ids = tuple(conn.execute(query).scalars())
         lost = conn.execute(
@@ -885,15 +899,10 @@ def _sweep(
     """The sweep proper (not a dry run), without its history row."""
     lost = _remove_lost_creates(engine, before=lost_before, owner=owner)
     limit = options.limit
-    # With a limit, the counts behind ``skipped`` and progress stop at a bound,
-    # so a small sweep costs the same on a store of any size.
-    at_most = None if limit is None else limit + SKIPPED_BOUND
     with db.read(engine) as conn:
-        blocked, blocked_capped = _count_blocked(
-            conn, cutoff=cutoff, started=started, at_most=None if limit is None else SKIPPED_BOUND
+        blocked, blocked_capped, _, total, _ = _survey(
+            conn, limit=limit, cutoff=cutoff, started=started
         )
-        candidates = _candidates(now=utcnow(), cutoff=cutoff, started=started)
-        total, _ = _count(conn, candidates, at_most)
     if limit is not None:
         total = min(total, limit)
     archive = options.archive
