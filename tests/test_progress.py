@@ -86,16 +86,15 @@ def test_sweep_and_rotate_key_show_progress_with_v(
     assert "rotate-key: 1/1 rows (100%" in rotated.stderr  # the one thread left
 
 
-def test_verify_on_a_terminal_draws_a_bar(emulator: Emulator, sqlite_url: str) -> None:
-    """With stderr on a terminal (a pty), verify draws a tqdm bar with count and rate."""
-    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
-        _bulk_threads(store, emulator, 300)
+def _on_a_terminal(args: list[str], *, stdout_too: bool = False) -> str:
+    """Run threadstore with stderr (and maybe stdout) on a pty; what the terminal showed."""
     controller, terminal = pty.openpty()
     # A real terminal has a size; a fresh pty is 0x0, where a bar has no room.
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "threadstore", "--db", sqlite_url, "verify"],
-        stdout=subprocess.DEVNULL, stderr=terminal, env=dict(os.environ),
+        [sys.executable, "-m", "threadstore", *args],
+        stdout=terminal if stdout_too else subprocess.DEVNULL, stderr=terminal,
+        env=dict(os.environ),
     )
     os.close(terminal)
     seen = b""
@@ -114,8 +113,25 @@ def test_verify_on_a_terminal_draws_a_bar(emulator: Emulator, sqlite_url: str) -
     finally:
         proc.wait(timeout=60)
         os.close(controller)
-    text = seen.decode(errors="replace")
+    return seen.decode(errors="replace")
+
+
+def test_verify_on_a_terminal_draws_a_bar(emulator: Emulator, sqlite_url: str) -> None:
+    """With stderr on a terminal (a pty), verify draws a tqdm bar with count and rate."""
+    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+        _bulk_threads(store, emulator, 300)
+    text = _on_a_terminal(["--db", sqlite_url, "verify"])
     assert "verify:" in text
     assert "/300" in text
     assert "threads/s" in text
     assert "checked 300 threads" in text
+
+
+def test_export_to_the_terminal_draws_no_bar_over_its_rows(sqlite_url: str) -> None:
+    """Rows printed on the terminal get no bar drawn over them; to a file they do."""
+    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+        for _ in range(3):
+            store.create_thread(user_id="u")
+    shown = _on_a_terminal(["--db", sqlite_url, "export", "threads"], stdout_too=True)
+    assert shown.count('"thread_id"') == 3
+    assert "export threads:" not in shown

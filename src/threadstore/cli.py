@@ -1195,7 +1195,9 @@ def export_command(
     target: Any = output
     if to_stdout:
         target = sys.stdout.buffer if fmt == "parquet" else sys.stdout
-    progress = Progress(obj, f"export {table}", "rows")
+    # No bar over rows that scroll past on the same terminal.
+    progress = Progress(obj, f"export {table}", "rows",
+                        enabled=not (to_stdout and sys.stdout.isatty()))
 
     where = "stdout" if to_stdout else output
     try:
