@@ -41,7 +41,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
 from . import db
@@ -86,7 +85,7 @@ def _p(name: str, column: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- statements
-# Built once, compiled once per database (see _Compiled).
+# Built once, compiled once per database (db.Prepared).
 
 _T = threads.c
 _THREAD_EXISTS = select(_T.ttl_seconds).where(_T.thread_id == _p("tid", _T.thread_id))
@@ -244,43 +243,10 @@ _DELETE_ASSISTANT = delete(assistants).where(
 )
 
 
-class _Compiled:
-    """A statement compiled for one database, run on the driver with our types' binds."""
-
-    __slots__ = ("defaults", "order", "procs", "sql")
-
-    def __init__(self, stmt: ClauseElement, engine: Engine) -> None:
-        dialect = engine.dialect
-        compiled = stmt.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)  # noqa: S101 - DML compiles to SQL
-        self.sql = compiled.string
-        self.order = list(compiled.positiontup or ()) if compiled.positional else None
-        self.procs: dict[str, Callable[[Any], Any]] = {}
-        for name, bind in compiled.binds.items():
-            proc = bind.type.bind_processor(dialect)
-            if proc is not None:
-                self.procs[name] = proc
-        # Literals inside the statement (CASE values …) are binds with a value.
-        self.defaults = {
-            name: bind.effective_value for name, bind in compiled.binds.items()
-            if not bind.required
-        }
-
-    def params(self, values: Mapping[str, Any]) -> Any:
-        merged = {**self.defaults, **values} if self.defaults else dict(values)
-        procs = self.procs
-        for name, value in merged.items():
-            if value is not None and name in procs:
-                merged[name] = procs[name](value)
-        if self.order is not None:
-            return [merged.get(name) for name in self.order]
-        return merged
-
-
 class _Tx:
     """One open transaction on a driver connection."""
 
-    def __init__(self, cursor: Any, compile_: Callable[[Statement], _Compiled]) -> None:
+    def __init__(self, cursor: Any, compile_: Callable[[Statement], db.Prepared]) -> None:
         self._cursor = cursor
         self._compile = compile_
 
@@ -314,7 +280,7 @@ class Mirror:
         self._on_error = on_error or _log_error
         self._sqlite = engine.dialect.name == "sqlite"
         self._dbapi_error: type[BaseException] = engine.dialect.loaded_dbapi.Error
-        self._compiled: dict[int, _Compiled] = {}
+        self._compiled: dict[int, db.Prepared] = {}
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -322,11 +288,11 @@ class Mirror:
 
     # ------------------------------------------------------------------ transactions
 
-    def _compile(self, stmt: Statement) -> _Compiled:
+    def _compile(self, stmt: Statement) -> db.Prepared:
         found = self._compiled.get(id(stmt))
         if found is None:
             built = stmt if isinstance(stmt, ClauseElement) else stmt(self.engine.dialect.name)
-            found = self._compiled[id(stmt)] = _Compiled(built, self.engine)
+            found = self._compiled[id(stmt)] = db.Prepared(built, self.engine.dialect, None)
         return found
 
     @contextlib.contextmanager

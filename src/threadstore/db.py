@@ -52,6 +52,7 @@ from .errors import ConfigError, StoreError
 
 __all__ = [
     "DEFAULT_URL",
+    "Prepared",
     "StoreState",
     "current_revision",
     "head_revision",
@@ -235,7 +236,7 @@ def write(engine: Engine) -> Iterator[Connection]:
         raise StoreError(f"database write failed: {_short(exc)}") from exc
 
 
-class _Prepared:
+class Prepared:
     """A statement compiled once for a dialect, its values processed as SQLAlchemy would."""
 
     def __init__(self, stmt: ClauseElement, dialect: Any, keys: Sequence[str] | None) -> None:
@@ -260,7 +261,7 @@ class _Prepared:
         return merged if self.order is None else [merged.get(k) for k in self.order]
 
 
-_PREPARED: weakref.WeakKeyDictionary[Engine, dict[tuple[int, tuple[str, ...]], _Prepared]] = (
+_PREPARED: weakref.WeakKeyDictionary[Engine, dict[tuple[int, tuple[str, ...]], Prepared]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -281,7 +282,7 @@ class DriverTx:
         keys = tuple(values) if insert else ()
         prepared = self._cache.get((id(stmt), keys))
         if prepared is None:
-            prepared = self._cache[(id(stmt), keys)] = _Prepared(stmt, self._dialect, keys)
+            prepared = self._cache[(id(stmt), keys)] = Prepared(stmt, self._dialect, keys)
         self._cursor.execute(prepared.sql, prepared.params(values))
         return int(self._cursor.rowcount)
 

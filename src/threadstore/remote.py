@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -154,28 +154,33 @@ class RemoteThread:
     raw: Any = field(default=None, compare=False, repr=False)
 
 
-# A remote message or run is the record it is mirrored as (declared once, in models.py)
-# plus the SDK object it was read from: a new column is a field of the record only.
 @dataclass(frozen=True)
-class RemoteMessage(MessageRecord):
+class _Snapshot:
+    """What a remote object adds to the record it is mirrored as: the SDK object
+    (``raw``) and its DashScope id under the name ``id``."""
+
+    _id_field: ClassVar[str]
+    raw: Any = field(default=None, compare=False, repr=False, kw_only=True)
+
+    @property
+    def id(self) -> str:
+        return str(getattr(self, self._id_field))
+
+
+# A remote message or run is the record it is mirrored as (declared once, in models.py):
+# a new column is a field of the record only.
+@dataclass(frozen=True)
+class RemoteMessage(MessageRecord, _Snapshot):
     """A message as DashScope returned it; ``content`` is the joined text parts."""
 
-    raw: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def id(self) -> str:
-        return self.message_id
+    _id_field = "message_id"
 
 
 @dataclass(frozen=True)
-class RemoteRun(RunRecord):
+class RemoteRun(RunRecord, _Snapshot):
     """A run as DashScope returned it, with its token usage flattened."""
 
-    raw: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def id(self) -> str:
-        return self.run_id
+    _id_field = "run_id"
 
 
 @runtime_checkable
