@@ -52,6 +52,35 @@ BAD_CLI_INPUT: list[tuple[str, list[str]]] = [
     ("db-unknown-backend", ["--db", "nosuchdb://x/y", "stats"]),
     ("db-missing-directory", ["--db", "sqlite:////no/such/dir/x.db", "stats"]),
     ("db-unreachable-postgres", ["--db", "postgresql://nobody@127.0.0.1:1/x", "stats"]),
+    # issue 11 F: NaN, infinities, overflowing numbers, empty and non-UTF-8 text
+    *[
+        (f"sweep-{opt[2:]}-{value}", ["sweep", "--days", "7", opt, value])
+        for opt in ("--days", "--hours", "--lease", "--max-rps", "--limit", "--concurrency",
+                    "--timeout")
+        for value in ("nan", "inf", "-inf", "1e18", "99999999999999999999")
+    ],
+    ("sweep-huge-lease", ["sweep", "--days", "7", "--lease", "99999999999999999999"]),
+    ("list-huge-limit", ["list", "--limit", "99999999999999999999"]),
+    ("list-nan-inactive-days", ["list", "--inactive-days", "nan"]),
+    ("list-user-not-utf8", ["list", "--user", "\udcff"]),
+    ("list-overlong-workspace", ["list", "--workspace", "w" * 256]),
+    ("export-user-not-utf8", ["export", "--user", "\udcff"]),
+    ("export-since-beyond-utc", ["export", "--since", "9999-12-31T23:59:59-23:59"]),
+    ("db-upgrade-empty-revision", ["db", "upgrade", ""]),
+    ("db-empty-url", ["--db", "", "stats"]),
+    ("db-empty-url-after-command", ["stats", "--db", ""]),
+    ("stats-nan-days", ["stats", "--days", "nan"]),
+    ("stats-inf-days", ["stats", "--days", "inf"]),
+    ("verify-nan-max-rps", ["verify", "--max-rps", "nan"]),
+    ("verify-huge-concurrency", ["verify", "--concurrency", "1e18"]),
+    ("schedule-tiny-interval", ["schedule", "--days", "7", "--every", "0.0001s"]),
+    ("schedule-nan-days", ["schedule", "--days", "nan", "--every", "1h"]),
+    ("schedule-short-lease", ["schedule", "--days", "7", "--lease", "10"]),
+    ("emulator-nan-latency", ["emulator", "--latency", "nan"]),
+    ("emulator-inf-latency", ["emulator", "--latency", "inf"]),
+    ("rotate-key-huge-batch", ["db", "rotate-key", "--batch-size", "1e30"]),
+    ("show-not-utf8", ["show", "thread_\udcff"]),
+    ("sweep-short-lease", ["sweep", "--days", "7", "--lease", "10"]),
 ]
 
 

@@ -56,7 +56,7 @@ class Context:
 
     @property
     def url(self) -> str:
-        return self.db_url or db.DEFAULT_URL
+        return self.db_url if self.db_url is not None else db.DEFAULT_URL
 
     @contextmanager
     def store(self, *, read_only: bool = False, **kwargs: Any) -> Iterator[ThreadStore]:
@@ -136,6 +136,36 @@ class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in clic
         return number
 
 
+class Text(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """Text every backend can store as it is: valid UTF-8 (no bytes that were not
+    UTF-8 in argv, which arrive as lone surrogates), no NUL, at most ``limit``
+    characters, and not empty unless ``empty`` is allowed."""
+
+    name = "text"
+
+    def __init__(self, limit: int, *, empty: bool = False) -> None:
+        self.limit = limit
+        self.empty = empty
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not text.strip() and not self.empty:
+            self.fail("must not be empty", param, ctx)
+        if "\x00" in text:
+            self.fail("must not contain NUL (\\x00)", param, ctx)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail("is not valid UTF-8 text", param, ctx)
+        if len(text) > self.limit:
+            self.fail(f"is longer than {self.limit} characters", param, ctx)
+        return text
+
+
+NAME_TEXT = Text(255)
+URL_TEXT = Text(4096)
+
+
 def positive(high: float, unit: str = "") -> Number:
     """A finite number above 0 and at most ``high``."""
     return Number(0, high, low_open=True, unit=unit)
@@ -195,6 +225,7 @@ def db_option(fn: F) -> F:
     option = click.option(
         "--db",
         "db_url",
+        type=URL_TEXT,
         metavar="URL",
         expose_value=False,
         callback=_db_after_command,
@@ -410,6 +441,7 @@ Examples:
     "--db",
     "db_url",
     envvar="THREADSTORE_DATABASE_URL",
+    type=URL_TEXT,
     metavar="URL",
     help="Database URL [env THREADSTORE_DATABASE_URL; default sqlite:///threadstore.db].",
 )
@@ -454,11 +486,11 @@ def db_group() -> None:
 
 
 def _engine(obj: Context) -> Any:
-    return db.open_engine(obj.db_url or db.DEFAULT_URL)
+    return db.open_engine(obj.url)
 
 
 @db_group.command("upgrade")
-@click.argument("revision", default="head")
+@click.argument("revision", default="head", type=Text(64))
 @db_option
 @pass_ctx
 def db_upgrade(obj: Context, revision: str) -> None:
@@ -481,7 +513,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
 
 
 @db_group.command("downgrade")
-@click.argument("revision")
+@click.argument("revision", type=Text(64))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @db_option
 @pass_ctx
@@ -549,6 +581,7 @@ def db_check(obj: Context) -> None:
 @click.option(
     "--db",
     "demo_db",
+    type=URL_TEXT,
     metavar="URL",
     help="An EMPTY database to run in instead of a temporary SQLite file "
     "(e.g. postgresql://…); the demo deletes its threads from it at the end.",
@@ -581,7 +614,7 @@ def demo_command(obj: Context, demo_db: str | None) -> None:
 @cli.command("emulator")
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=count(0, 65535),
     default=0,
     show_default=True,
     help="TCP port on 127.0.0.1; 0 picks a free one.",
@@ -589,7 +622,7 @@ def demo_command(obj: Context, demo_db: str | None) -> None:
 @click.option(
     "--latency",
     "latency_ms",
-    type=click.FloatRange(min=0),
+    type=Number(0, 60_000, unit=" ms"),
     default=0.0,
     metavar="MS",
     help="Milliseconds added to every API request.",
@@ -654,7 +687,7 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 256),
+    type=count(1, 256),
     default=8,
     show_default=True,
     metavar="N",
@@ -662,7 +695,7 @@ def emulator_command(obj: Context, port: int, latency_ms: float, api_key: str) -
 )
 @click.option(
     "--max-rps",
-    type=click.FloatRange(min=0, min_open=True),
+    type=positive(1e6),
     default=None,
     metavar="X",
     help="At most X DashScope requests per second.",
@@ -717,7 +750,7 @@ def verify_command(
 @db_group.command("rotate-key")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=count(1, 1_000_000),
     default=500,
     show_default=True,
     help="Rows re-encrypted per transaction.",
@@ -1102,6 +1135,11 @@ class _DateTimeParam(click.ParamType):  # type: ignore[type-arg]  # generic only
                 )
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
+        try:
+            # Compared in UTC downstream: 9999-12-31T23:59:59-23:59 has no UTC form.
+            parsed.astimezone(timezone.utc)
+        except OverflowError:
+            self.fail(f"{str(value)[:40]!r} is out of range once in UTC", param, ctx)
         return parsed
 
 
@@ -1153,8 +1191,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 )
 @click.option("--since", type=DATETIME, help="From this time on (inclusive); naive = UTC.")
 @click.option("--until", type=DATETIME, help="Before this time (exclusive); naive = UTC.")
-@click.option("--workspace", metavar="W", help="Only threads of this DashScope workspace.")
-@click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
+@click.option("--workspace", type=NAME_TEXT, metavar="W",
+              help="Only threads of this DashScope workspace.")
+@click.option("--user", "user_id", type=NAME_TEXT, metavar="U", help="Only threads of this user.")
 @click.option("--redact", is_flag=True, help="Blank message text and metadata values.")
 @db_option
 @pass_ctx
@@ -1222,7 +1261,7 @@ def export_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with stable keys on stdout.")
 @click.option(
     "--days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=positive(MAX_DAYS),
     default=7.0,
     show_default=True,
     help="Idle days after which a thread counts as expired (as sweep --days).",
@@ -1269,16 +1308,17 @@ def stats_command(obj: Context, as_json: bool, days: float, metrics_file: str | 
 
 
 @cli.command("list")
-@click.option("--user", "user_id", metavar="U", help="Only threads of this user.")
-@click.option("--workspace", metavar="W", help="Only threads of this DashScope workspace.")
+@click.option("--user", "user_id", type=NAME_TEXT, metavar="U", help="Only threads of this user.")
+@click.option("--workspace", type=NAME_TEXT, metavar="W",
+              help="Only threads of this DashScope workspace.")
 @click.option(
     "--inactive-days",
-    type=click.FloatRange(min=0),
+    type=Number(0, MAX_DAYS),
     default=None,
     help="Only threads idle for more than this many days.",
 )
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N threads."
+    "--limit", type=count(1, 1_000_000), default=50, show_default=True, help="At most N threads."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array) on stdout.")
 @db_option
@@ -1339,7 +1379,7 @@ def list_command(
 
 
 @cli.command("show")
-@click.argument("thread_id")
+@click.argument("thread_id", type=Text(64))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @db_option
 @pass_ctx

@@ -33,6 +33,8 @@ __all__ = ["default_jitter", "parse_duration", "run_blocking", "start_background
 log = logging.getLogger("threadstore.schedule")
 
 JOB_ID = "threadstore-sweep"
+MIN_DURATION = 1.0
+MAX_DURATION = 36500 * 86400.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
@@ -45,8 +47,12 @@ def parse_duration(text: str) -> timedelta:
             f"not a duration: {text!r} (expected a number and a unit: 30s, 15m, 1h, 1d)"
         )
     seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if seconds <= 0:
-        raise ConfigError(f"duration must be positive: {text!r}")
+    # At least a second (a sweep every 0.0001 s is a busy loop against DashScope),
+    # at most a century (beyond it dates overflow).
+    if not MIN_DURATION <= seconds <= MAX_DURATION:
+        raise ConfigError(
+            f"duration {text.strip()!r} is out of range: from 1s to 36500d"
+        )
     return timedelta(seconds=seconds)
 
 

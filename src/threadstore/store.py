@@ -63,6 +63,7 @@ from .models import (
     ASSISTANTS,
     KINDS,
     MESSAGES,
+    NAME,
     RUN_STEPS,
     RUNS,
     THREAD_CHILDREN,
@@ -110,12 +111,52 @@ MESSAGE_PAGE = 100
 _ROLES = frozenset({"user", "assistant"})
 
 
+MAX_SPAN = timedelta(days=36500)
+"""The longest TTL or idle time accepted: a century (beyond it dates overflow)."""
+
+
 def _check_ttl(ttl: timedelta | None) -> timedelta | None:
     if ttl is None:
         return None
-    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
-        raise ConfigError(f"ttl must be a positive timedelta or None, not {ttl!r}")
+    if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_SPAN:
+        raise ConfigError(
+            f"ttl must be a positive timedelta of at most {MAX_SPAN.days} days or None, "
+            f"not {ttl!r}"
+        )
     return ttl
+
+
+def _check_name(value: str | None, what: str) -> str | None:
+    """A user id or workspace: None, or text that every backend can store as it is."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > NAME:
+        raise ConfigError(f"{what} must be a string of at most {NAME} characters")
+    refuse_nul(value, what)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (argv)
+        raise ConfigError(f"{what} is not valid UTF-8 text") from None
+    return value
+
+
+def _check_span(value: timedelta | None, what: str) -> None:
+    if value is not None and (
+        not isinstance(value, timedelta) or not timedelta(0) <= value <= MAX_SPAN
+    ):
+        raise ConfigError(f"{what} must be a timedelta from 0 to {MAX_SPAN.days} days")
+
+
+def _check_url(url: str | None) -> str:
+    """The database URL to open: None means the default; '' is a mistake, not a default."""
+    if url is None:
+        return db.DEFAULT_URL
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(
+            "the database URL is empty: pass e.g. sqlite:///threadstore.db, or None for "
+            "the default"
+        )
+    return url
 
 
 def _check_id(thread_id: str) -> str:
@@ -207,7 +248,7 @@ class ThreadStore:
             migrate = False
         self._owns_engine = not isinstance(url, Engine)
         self.engine: Engine = (
-            url if isinstance(url, Engine) else db.open_engine(url or db.DEFAULT_URL)
+            url if isinstance(url, Engine) else db.open_engine(_check_url(url))
         )
         self.remote: Remote = remote if remote is not None else DashScopeRemote()
         self.codec = (
@@ -372,10 +413,8 @@ class ThreadStore:
         self.codec.dumps(metadata)  # refuses non-JSON up front
         initial = _check_messages(messages)
         ttl = _check_ttl(ttl)
-        if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 255):
-            raise ConfigError("user_id must be a string of at most 255 characters")
-        refuse_nul(user_id, "user_id")
-        refuse_nul(workspace, "workspace")
+        _check_name(user_id, "user_id")
+        _check_name(workspace, "workspace")
         intent_id = f"creating_{uuid.uuid4().hex}"
         now = utcnow()
         intent = {
@@ -726,8 +765,8 @@ class ThreadStore:
         by = "user_id" if user_id is not None else "workspace" if workspace is not None else None
         query = db.walk_index(query, threads, *([by] if by else []), "last_active")
         if limit is not None:
-            if limit < 0:
-                raise ConfigError("limit must not be negative")
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 2**53:
+                raise ConfigError(f"limit must be an integer from 0 to 2**53, not {limit!r}")
             query = query.limit(limit)
         with self._read() as conn:
             return [self._thread(r) for r in conn.execute(query).mappings()]
@@ -739,6 +778,9 @@ class ThreadStore:
         inactive_for: timedelta | None,
         pinned: bool | None,
     ) -> list[ColumnElement[bool]]:
+        _check_name(user_id, "user_id")
+        _check_name(workspace, "workspace")
+        _check_span(inactive_for, "inactive_for")
         conds: list[ColumnElement[bool]] = [rules.is_active()]
         if user_id is not None:
             conds.append(threads.c.user_id == user_id)
@@ -844,6 +886,8 @@ class ThreadStore:
         """
         _check_id(thread_id)
         ttl = _check_ttl(ttl)
+        _check_name(user_id, "user_id")
+        _check_name(workspace, "workspace")
         remote = self.remote.retrieve_thread(thread_id, workspace=workspace)
         items = self._fetch_messages(thread_id, workspace=workspace, after=None)
         now = utcnow()
