@@ -14,6 +14,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
+from threadstore.db import VERSION_TABLE, compare_server_default
 from threadstore.models import metadata
 
 config = context.config
@@ -27,7 +28,9 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
-        compare_server_default=True,
+        compare_server_default=compare_server_default,
+        # Our own version table: the host application's Alembic keeps alembic_version.
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -47,6 +50,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=_url().startswith("sqlite"),
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()

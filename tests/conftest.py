@@ -1,9 +1,11 @@
 """Shared fixtures.
 
-* ``db_url`` — every store test runs on SQLite (a file in tmp_path) and on
+* ``db_url`` — every store test runs on SQLite (a file in tmp_path), on
   PostgreSQL when ``THREADSTORE_TEST_POSTGRES_URL`` is set (each test gets its own
-  schema through ``search_path``, dropped afterwards). Without it the PostgreSQL
-  variants are skipped with a visible reason; CI always sets it.
+  schema through ``search_path``, dropped afterwards) and on MySQL/MariaDB when
+  ``THREADSTORE_TEST_MYSQL_URL`` is set (each test gets its own database, dropped
+  afterwards). Without them those variants are skipped with a visible reason;
+  with ``CI`` set a missing URL fails the test instead: CI never skips a backend.
 * ``emulator`` — the DashScope HTTP emulator on 127.0.0.1, with the SDK pointed at
   it (``dashscope.base_http_api_url`` in-process, ``DASHSCOPE_HTTP_BASE_URL`` for
   subprocesses) and the test API key set.
@@ -22,16 +24,25 @@ from urllib.parse import quote
 import dashscope
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from threadstore import DashScopeRemote, ThreadStore
 from threadstore.testing import Emulator, FakeRemote
 
 API_KEY = "sk-test-0123456789abcdef"
 PG_ENV = "THREADSTORE_TEST_POSTGRES_URL"
+MYSQL_ENV = "THREADSTORE_TEST_MYSQL_URL"
 
 
-def _pg_base() -> str | None:
-    return os.environ.get(PG_ENV) or None
+def _base_url(env: str, backend: str) -> str:
+    """The server URL from ``env``; skipped without it, failed without it in CI."""
+    url = os.environ.get(env)
+    if url:
+        return url
+    message = f"{backend} tests need {env} (CI sets it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run every backend: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 def _with_search_path(url: str, schema: str) -> str:
@@ -39,15 +50,22 @@ def _with_search_path(url: str, schema: str) -> str:
     return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database URL: SQLite file, or a PostgreSQL schema."""
+    """A fresh, empty database URL: SQLite file, PostgreSQL schema or MySQL database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    base = _pg_base()
-    if base is None:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it)")
+    if request.param == "mysql":
+        yield from _mysql_database(_base_url(MYSQL_ENV, "MySQL/MariaDB"))
+        return
+    base = _base_url(PG_ENV, "PostgreSQL")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
     with admin.begin() as conn:
@@ -58,6 +76,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def _mysql_database(base: str) -> Iterator[str]:
+    """A throwaway database on the server of ``base`` (utf8mb4, binary collation)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server = make_url(base)
+    if "+" not in server.drivername:
+        server = server.set(drivername="mysql+pymysql")
+    admin = create_engine(server)
+    with admin.begin() as conn:
+        # The server's default collation on purpose: threadstore's columns must
+        # carry their own (see models.exact_str), whatever the database default.
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh, empty MySQL/MariaDB database URL, for MySQL-only tests."""
+    yield from _mysql_database(_base_url(MYSQL_ENV, "MySQL/MariaDB"))
 
 
 @pytest.fixture

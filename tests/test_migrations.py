@@ -20,7 +20,12 @@ def test_upgrade_head_matches_the_models_exactly(db_url: str) -> None:
         db.upgrade(engine)
         with engine.connect() as conn:
             ctx = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
+                conn,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": db.compare_server_default,
+                    "version_table": db.VERSION_TABLE,
+                },
             )
             assert compare_metadata(ctx, metadata) == []
             assert db.current_revision(conn) == db.head_revision()
@@ -34,7 +39,7 @@ def test_downgrade_base_removes_every_table(db_url: str) -> None:
     try:
         db.upgrade(engine)
         db.downgrade(engine, "base")
-        left = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        left = set(inspect(engine).get_table_names()) - {db.VERSION_TABLE}
         assert left == set()
         db.upgrade(engine)
         assert {"threads", "messages", "runs", "deletions"} <= set(

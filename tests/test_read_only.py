@@ -88,7 +88,7 @@ def test_a_newer_schema_is_refused_by_readers_and_reported_by_db_commands(db_url
     ThreadStore(db_url, remote=FakeRemote()).close()
     engine = db.open_engine(db_url)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        conn.execute(text(f"UPDATE {db.VERSION_TABLE} SET version_num = '9999'"))
     engine.dispose()
     _refused(_invoke(db_url, ["stats"]), "9999", "newer")
     current = _invoke(db_url, ["db", "current"])

@@ -81,6 +81,7 @@ def _claims_blocked(db_url: str, store: ThreadStore, pids: list[int]) -> Iterato
 
     SQLite: a write transaction (the sweepers' BEGIN IMMEDIATE waits on it).
     PostgreSQL: an EXCLUSIVE table lock (SELECT … FOR UPDATE waits; plain reads do not).
+    MySQL/MariaDB: the same with a READ table lock.
     """
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
@@ -92,6 +93,10 @@ def _claims_blocked(db_url: str, store: ThreadStore, pids: list[int]) -> Iterato
         finally:
             conn.execute("ROLLBACK")
             conn.close()
+        return
+    if url.get_backend_name() in ("mysql", "mariadb"):
+        with _mysql_claims_blocked(store, pids):
+            yield
         return
     with store.engine.connect() as conn:
         trans = conn.begin()
@@ -111,6 +116,28 @@ def _claims_blocked(db_url: str, store: ThreadStore, pids: list[int]) -> Iterato
                     ).scalar_one()
         finally:
             trans.rollback()
+
+
+@contextmanager
+def _mysql_claims_blocked(store: ThreadStore, pids: list[int]) -> Iterator[None]:
+    """MySQL/MariaDB: a READ table lock (SELECT … FOR UPDATE waits; plain reads do not)."""
+    with store.engine.connect() as conn:
+        conn.execute(text("LOCK TABLES threads READ"))
+        try:
+            yield
+            with store.engine.connect() as probe:
+                deadline = time.monotonic() + 15
+                waiting = 0
+                while waiting < len(pids) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    waiting = probe.execute(
+                        text(
+                            "SELECT count(*) FROM information_schema.PROCESSLIST "
+                            "WHERE DB = DATABASE() AND STATE LIKE 'Waiting for table%'"
+                        )
+                    ).scalar_one()
+        finally:
+            conn.execute(text("UNLOCK TABLES"))
 
 
 def test_four_sweeper_processes_delete_each_thread_exactly_once(

@@ -8,6 +8,7 @@ Create Date: 2026-11-20
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,8 +19,30 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Each step skips what exists: on MySQL/MariaDB, DDL commits as it goes, so an
+# upgrade killed half-way leaves some of it behind, and the next upgrade must
+# finish the job instead of failing with "Table ... already exists".
+def _create_table(name: str, *items: Any) -> None:
+    if not sa.inspect(op.get_bind()).has_table(name):
+        op.create_table(name, *items)
+
+
+def _create_index(name: str, table: str, columns: list[str], **kw: Any) -> None:
+    if name not in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}:
+        op.create_index(name, table, columns, **kw)
+
+
+def _json_default() -> sa.TextClause:
+    # MySQL 8 accepts a default on a TEXT column only as an expression (MariaDB and
+    # the others take the plain literal, which is what 0.1 stores already have).
+    dialect = op.get_bind().dialect
+    if dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False):
+        return sa.text("('{}')")
+    return sa.text("'{}'")
+
+
 def upgrade() -> None:
-    op.create_table(
+    _create_table(
         "deletions",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("thread_id", sa.String(length=64), nullable=False),
@@ -35,29 +58,29 @@ def upgrade() -> None:
         sa.Column("deleted_by", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deletions")),
     )
-    op.create_index(op.f("ix_deletions_deleted_at"), "deletions", ["deleted_at"], unique=False)
-    op.create_index(op.f("ix_deletions_thread_id"), "deletions", ["thread_id"], unique=False)
-    op.create_index(
+    _create_index(op.f("ix_deletions_deleted_at"), "deletions", ["deleted_at"], unique=False)
+    _create_index(op.f("ix_deletions_thread_id"), "deletions", ["thread_id"], unique=False)
+    _create_index(
         op.f("ix_deletions_user_id_deleted_at"),
         "deletions",
         ["user_id", "deleted_at"],
         unique=False,
     )
-    op.create_index(
+    _create_index(
         op.f("ix_deletions_workspace_deleted_at"),
         "deletions",
         ["workspace", "deleted_at"],
         unique=False,
     )
 
-    op.create_table(
+    _create_table(
         "threads",
         sa.Column("thread_id", sa.String(length=64), nullable=False),
         sa.Column("workspace", sa.String(length=255), nullable=True),
         sa.Column("user_id", sa.String(length=255), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_active", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("metadata", sa.Text(), server_default=sa.text("'{}'"), nullable=False),
+        sa.Column("metadata", sa.Text(), server_default=_json_default(), nullable=False),
         sa.Column(
             "status", sa.String(length=16), server_default=sa.text("'active'"), nullable=False
         ),
@@ -71,26 +94,26 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("thread_id", name=op.f("pk_threads")),
     )
-    op.create_index(op.f("ix_threads_last_active"), "threads", ["last_active"], unique=False)
-    op.create_index(
+    _create_index(op.f("ix_threads_last_active"), "threads", ["last_active"], unique=False)
+    _create_index(
         op.f("ix_threads_lease_expires_at"), "threads", ["lease_expires_at"], unique=False
     )
-    op.create_index(
+    _create_index(
         op.f("ix_threads_next_attempt_at"), "threads", ["next_attempt_at"], unique=False
     )
-    op.create_index(op.f("ix_threads_status"), "threads", ["status"], unique=False)
-    op.create_index(op.f("ix_threads_ttl_expires_at"), "threads", ["ttl_expires_at"], unique=False)
-    op.create_index(
+    _create_index(op.f("ix_threads_status"), "threads", ["status"], unique=False)
+    _create_index(op.f("ix_threads_ttl_expires_at"), "threads", ["ttl_expires_at"], unique=False)
+    _create_index(
         op.f("ix_threads_user_id_last_active"), "threads", ["user_id", "last_active"], unique=False
     )
-    op.create_index(
+    _create_index(
         op.f("ix_threads_workspace_last_active"),
         "threads",
         ["workspace", "last_active"],
         unique=False,
     )
 
-    op.create_table(
+    _create_table(
         "messages",
         sa.Column("message_id", sa.String(length=64), nullable=False),
         sa.Column("thread_id", sa.String(length=64), nullable=False),
@@ -99,7 +122,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("run_id", sa.String(length=64), nullable=True),
         sa.Column("assistant_id", sa.String(length=64), nullable=True),
-        sa.Column("metadata", sa.Text(), server_default=sa.text("'{}'"), nullable=False),
+        sa.Column("metadata", sa.Text(), server_default=_json_default(), nullable=False),
         sa.ForeignKeyConstraint(
             ["thread_id"],
             ["threads.thread_id"],
@@ -108,15 +131,15 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_messages")),
     )
-    op.create_index(op.f("ix_messages_created_at"), "messages", ["created_at"], unique=False)
-    op.create_index(
+    _create_index(op.f("ix_messages_created_at"), "messages", ["created_at"], unique=False)
+    _create_index(
         op.f("ix_messages_thread_id_created_at"),
         "messages",
         ["thread_id", "created_at"],
         unique=False,
     )
 
-    op.create_table(
+    _create_table(
         "runs",
         sa.Column("run_id", sa.String(length=64), nullable=False),
         sa.Column("thread_id", sa.String(length=64), nullable=False),
@@ -139,33 +162,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("run_id", name=op.f("pk_runs")),
     )
-    op.create_index(op.f("ix_runs_created_at"), "runs", ["created_at"], unique=False)
-    op.create_index(
+    _create_index(op.f("ix_runs_created_at"), "runs", ["created_at"], unique=False)
+    _create_index(
         op.f("ix_runs_thread_id_created_at"), "runs", ["thread_id", "created_at"], unique=False
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_runs_thread_id_created_at"), table_name="runs")
-    op.drop_index(op.f("ix_runs_created_at"), table_name="runs")
-
-    op.drop_table("runs")
-    op.drop_index(op.f("ix_messages_thread_id_created_at"), table_name="messages")
-    op.drop_index(op.f("ix_messages_created_at"), table_name="messages")
-
-    op.drop_table("messages")
-    op.drop_index(op.f("ix_threads_workspace_last_active"), table_name="threads")
-    op.drop_index(op.f("ix_threads_user_id_last_active"), table_name="threads")
-    op.drop_index(op.f("ix_threads_ttl_expires_at"), table_name="threads")
-    op.drop_index(op.f("ix_threads_status"), table_name="threads")
-    op.drop_index(op.f("ix_threads_next_attempt_at"), table_name="threads")
-    op.drop_index(op.f("ix_threads_lease_expires_at"), table_name="threads")
-    op.drop_index(op.f("ix_threads_last_active"), table_name="threads")
-
-    op.drop_table("threads")
-    op.drop_index(op.f("ix_deletions_workspace_deleted_at"), table_name="deletions")
-    op.drop_index(op.f("ix_deletions_user_id_deleted_at"), table_name="deletions")
-    op.drop_index(op.f("ix_deletions_thread_id"), table_name="deletions")
-    op.drop_index(op.f("ix_deletions_deleted_at"), table_name="deletions")
-
-    op.drop_table("deletions")
+    # Dropping a table drops its indexes; dropping them first fails on MySQL, where
+    # the foreign keys of runs and messages need their thread_id indexes.
+    for table in ("runs", "messages", "threads", "deletions"):
+        op.drop_table(table)

@@ -505,7 +505,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
     """
     engine = _engine(obj)
     try:
-        db.upgrade(engine, revision)
+        db.upgrade(engine, revision, explicit=True)
         with db.read(engine) as conn:
             click.echo(f"at revision {db.current_revision(conn)}", err=True)
     finally:

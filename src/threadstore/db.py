@@ -8,6 +8,11 @@
   them failing with "database is locked" when it upgrades a read lock).
 * :func:`write` opens the one transaction of a write operation; :func:`read` a
   read-only one (``DEFERRED`` on SQLite, so exports never block writers).
+  :func:`write_retrying` runs a unit of work in a write transaction and runs it
+  again (a few times, after a random pause) when the database chose it as a
+  deadlock victim or its lock wait timed out — what MySQL/MariaDB do to row-lock
+  cycles that PostgreSQL would simply queue. MySQL/MariaDB connections use
+  ``READ COMMITTED``, as PostgreSQL does: no gap locks, so far fewer such cycles.
 * :func:`upgrade` migrates to head under a cross-process lock; it is what
   ``ThreadStore(url)`` calls on open. :func:`inspect_store` looks at a database
   without creating or changing anything (read-only commands open through it).
@@ -18,16 +23,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import random
 import re
 import sqlite3
 import stat
+import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -43,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -54,6 +62,7 @@ __all__ = [
     "DEFAULT_URL",
     "Prepared",
     "StoreState",
+    "compare_server_default",
     "current_revision",
     "head_revision",
     "inspect_store",
@@ -64,14 +73,31 @@ __all__ = [
     "upgrade",
     "walk_index",
     "write",
+    "write_retrying",
 ]
+
+T = TypeVar("T")
+log = logging.getLogger("threadstore")
 
 DEFAULT_URL = "sqlite:///threadstore.db"
 # The newest migration's revision. Opening a store compares the database with
 # it in plain SQL, so the common case never imports Alembic (a test keeps this
 # equal to the scripts' head).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 _BEGIN_OPTION = "threadstore_sqlite_begin"
+VERSION_TABLE = "threadstore_alembic_version"
+"""threadstore's own Alembic version table, so that a host application's Alembic
+(``alembic_version``) can live in the same database."""
+LEGACY_VERSION_TABLE = "alembic_version"  # where 0.1 kept threadstore's revision
+MIGRATION_LOCK_TIMEOUT = 60
+"""Seconds a MySQL/MariaDB upgrade waits for another process's migration lock."""
+MYSQL_DIALECTS = ("mysql", "mariadb")
+# MySQL/MariaDB: deadlock victim, lock wait timeout. PostgreSQL: deadlock detected,
+# serialization failure. Each means "nothing was done: run the transaction again".
+_MYSQL_CONFLICTS = frozenset({1213, 1205})
+_PG_CONFLICTS = frozenset({"40P01", "40001"})
+RETRY_ATTEMPTS = 8
+_jitter = random.Random()  # noqa: S311 - spreads retries apart; not a secret
 
 
 _SECRET_PARAM = re.compile(
@@ -204,10 +230,14 @@ def open_engine(url: str | URL, *, echo: bool = False) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+    if backend in MYSQL_DIALECTS:
+        # PostgreSQL's default, and what the claims are designed for: REPEATABLE
+        # READ's gap locks turn concurrent claims and deletes into deadlocks.
+        kwargs["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
-        extra = {"postgresql": "postgres"}.get(backend)
+        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(backend)
         hint = f" (pip install 'threadstore[{extra}]')" if extra else ""
         raise ConfigError(
             f"no driver for {parsed.drivername!r}{hint}: {exc}"
@@ -337,6 +367,40 @@ def write_fast(engine: Engine) -> Iterator[DriverTx]:
         raw.close()
 
 
+def is_lock_conflict(exc: BaseException | None) -> bool:
+    """True for a deadlock or lock-wait timeout: the transaction may simply be rerun."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_CONFLICTS
+
+
+def write_retrying(
+    engine: Engine, work: Callable[[Connection], T], *, attempts: int = RETRY_ATTEMPTS
+) -> T:
+    """``work(conn)`` in one :func:`write` transaction, rerun after a lock conflict.
+
+    A deadlock victim's transaction was rolled back whole, so running ``work``
+    again is safe as long as it has no effect outside the transaction. After
+    ``attempts`` conflicts in a row the last one is raised as :func:`write` would.
+    """
+    attempt = 1
+    while True:
+        try:
+            with write(engine) as conn:
+                return work(conn)
+        except StoreError as exc:
+            if attempt >= attempts or not is_lock_conflict(exc.__cause__):
+                raise
+            log.debug("lock conflict (attempt %d), retrying: %s", attempt, exc)
+        # Random, growing pauses: the transactions that collided must not meet again.
+        time.sleep(_jitter.uniform(0, 0.01 * 2**attempt))
+        attempt += 1
+
+
 @contextlib.contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
     """One read transaction that never takes SQLite's write lock; errors as in :func:`write`."""
@@ -380,45 +444,124 @@ def head_revision() -> str | None:
 
 
 def current_revision(conn: Connection) -> str | None:
-    """The revision the database is at, or None for an empty database."""
-    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    """The threadstore schema revision of the database, or None if it has none.
 
-    rev: str | None = MigrationContext.configure(conn).get_current_revision()
-    return rev
+    Read from threadstore's own version table, :data:`VERSION_TABLE`; a 0.1 store
+    still has its revision in Alembic's default table (see :func:`inspect_store`).
+    """
+    tables = set(inspect(conn).get_table_names())
+    if VERSION_TABLE in tables:
+        rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        if len(rows) > 1:
+            raise ConfigError(f"threadstore's version table holds {len(rows)} revisions")
+        return rows[0] if rows else None
+    return _legacy_revision(conn, tables)
 
 
-def _lock_for_migration(conn: Connection) -> None:
+def _legacy_revision(conn: Connection, tables: set[str]) -> str | None:
+    """A 0.1 store's revision, kept in Alembic's default ``alembic_version``.
+
+    Only when that table holds exactly one revision, one of threadstore's, next to
+    threadstore's tables: a host application's own Alembic history is not ours.
+    """
+    if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables or "threads" not in tables:
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {LEGACY_VERSION_TABLE}")).scalars().all()
+    if len(rows) != 1 or rows[0] not in _known_revisions():
+        return None
+    return str(rows[0])
+
+
+def compare_server_default(
+    context: Any,
+    inspected_column: Any,
+    metadata_column: Any,
+    inspected_default: str | None,
+    metadata_default: Any,
+    rendered_metadata_default: str | None,
+) -> bool | None:
+    """Alembic's server-default comparison, told that MySQL spells ``false`` as ``0``.
+
+    ``None`` lets Alembic compare as usual; used by ``migrations/env.py`` and the
+    schema test alike.
+    """
+    booleans = {"false": "0", "true": "1"}
+    if (
+        context.dialect.name in ("mysql", "mariadb")
+        and rendered_metadata_default is not None
+        and inspected_default is not None
+    ):
+        wanted = booleans.get(rendered_metadata_default.strip("'").lower())
+        if wanted is not None:
+            return inspected_default.strip("'") != wanted
+    return None
+
+
+@contextlib.contextmanager
+def _migration_lock(conn: Connection, engine_url: URL) -> Iterator[None]:
+    """Hold the cross-process migration lock of this database for the block.
+
+    PostgreSQL: a transaction-level advisory lock (released at commit or rollback).
+    MySQL/MariaDB: ``GET_LOCK``, a session-level lock: its answer is checked
+    (0 after :data:`MIGRATION_LOCK_TIMEOUT` seconds: another process is still
+    migrating) and it is released before the connection goes back to the pool,
+    where it would otherwise stay held. SQLite: ``BEGIN IMMEDIATE`` is the lock.
+    """
     backend = conn.dialect.name
     if backend == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(7462711)"))
-    elif backend in ("mysql", "mariadb"):
-        conn.execute(text("SELECT GET_LOCK('threadstore_migrate', 60)"))
-    # SQLite: the write transaction's BEGIN IMMEDIATE is the lock.
+    if backend not in MYSQL_DIALECTS:
+        yield
+        return
+    # Lock names are server-wide: one per database (names are at most 64 characters).
+    name = conn.execute(text("SELECT CONCAT('threadstore_migrate_', MD5(DATABASE()))")).scalar()
+    got = conn.execute(
+        text("SELECT GET_LOCK(:name, :timeout)"),
+        {"name": name, "timeout": MIGRATION_LOCK_TIMEOUT},
+    ).scalar()
+    if got != 1:
+        raise ConfigError(
+            f"cannot migrate {safe_url(engine_url)}: another process has held its migration "
+            f"lock for {MIGRATION_LOCK_TIMEOUT} s (an upgrade still running?); try again later"
+        )
+    try:
+        yield
+    finally:
+        # A dead connection has lost the lock with the session already.
+        with contextlib.suppress(SQLAlchemyError):
+            conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
 def at_head(engine: Engine) -> bool:
     """True if the database is at :data:`SCHEMA_HEAD`, checked in plain SQL."""
     try:
         with read(engine) as conn:
-            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+            rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     except StoreError:
         return False  # no version table yet, or unreachable: the slow path says which
     return [r[0] for r in rows] == [SCHEMA_HEAD]
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate to ``revision``; safe when several processes open a store at once."""
+def upgrade(engine: Engine, revision: str = "head", *, explicit: bool = False) -> None:
+    """Migrate to ``revision``; safe when several processes open a store at once.
+
+    Refuses (:class:`ConfigError`) a store whose schema is newer than this
+    threadstore knows and, unless ``explicit`` (``threadstore db upgrade``), a
+    database that holds other tables but no threadstore schema. Adopts a 0.1
+    store's revision from ``alembic_version`` into :data:`VERSION_TABLE`. An
+    upgrade interrupted half-way on MySQL/MariaDB (whose DDL is not
+    transactional) is completed: every migration step skips what exists.
+    """
     if revision == "head" and at_head(engine):
         return
+    found = inspect_store(engine)
+    if found.state == "newer" or (found.state == "foreign" and not explicit):
+        raise ConfigError(found.problem() or found.state)
     from alembic import command  # noqa: PLC0415
 
     try:
-        if revision == "head":
-            with read(engine) as conn:
-                if current_revision(conn) == head_revision():
-                    return
-        with write(engine) as conn:
-            _lock_for_migration(conn)
+        with write(engine) as conn, _migration_lock(conn, engine.url):
+            _adopt_legacy_version(conn)
             command.upgrade(alembic_config(conn), revision)
     except StoreError as exc:
         cause = exc.__cause__
@@ -428,12 +571,35 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         ) from exc
 
 
+def _adopt_legacy_version(conn: Connection) -> None:
+    """Move a 0.1 store's revision from ``alembic_version`` to :data:`VERSION_TABLE`.
+
+    Also removes an *empty* ``alembic_version`` left next to nothing but
+    threadstore's tables: the remains of a 0.1 first upgrade killed half-way.
+    """
+    tables = set(inspect(conn).get_table_names())
+    if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables:
+        return
+    legacy = _legacy_revision(conn, tables)
+    if legacy is not None:
+        from alembic import command  # noqa: PLC0415
+
+        command.stamp(alembic_config(conn), legacy)
+        conn.execute(
+            text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :rev"), {"rev": legacy}
+        )
+    left = conn.execute(text(f"SELECT COUNT(*) FROM {LEGACY_VERSION_TABLE}")).scalar()
+    others = tables - _threadstore_tables() - {LEGACY_VERSION_TABLE}
+    if left == 0 and not others:
+        conn.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate down to ``revision`` (``base`` drops every table)."""
     from alembic import command  # noqa: PLC0415
 
-    with write(engine) as conn:
-        _lock_for_migration(conn)
+    with write(engine) as conn, _migration_lock(conn, engine.url):
+        _adopt_legacy_version(conn)
         command.downgrade(alembic_config(conn), revision)
 
 
@@ -444,10 +610,13 @@ def downgrade(engine: Engine, revision: str) -> None:
 class StoreState:
     """What :func:`inspect_store` found at a database URL.
 
-    ``state`` is one of ``missing`` (no SQLite file), ``empty`` (no tables),
-    ``foreign`` (tables, but no threadstore schema), ``behind`` (an older schema:
-    ``threadstore db upgrade``), ``head`` (ready), ``newer`` (a schema this
-    threadstore does not know). ``url`` has its password masked.
+    ``state`` is one of ``missing`` (no SQLite file), ``empty`` (no tables, or
+    only what an interrupted first upgrade of threadstore left), ``foreign``
+    (tables, but no threadstore schema: threadstore adds its tables only when
+    ``threadstore db upgrade`` is run), ``behind`` (an older schema, or a 0.1
+    store's revision still in ``alembic_version``: ``threadstore db upgrade``),
+    ``head`` (ready), ``newer`` (a schema this threadstore does not know).
+    ``url`` has its password masked.
     """
 
     url: str
@@ -475,9 +644,28 @@ class StoreState:
             return (f"the store at {self.url} is at schema {self.revision}, this threadstore "
                     f"needs {SCHEMA_HEAD}: run 'threadstore db upgrade'")
         if self.state == "newer":
-            return (f"the store at {self.url} is at schema {self.revision}, newer than this "
-                    f"threadstore knows ({SCHEMA_HEAD}): upgrade threadstore")
+            return (f"the store at {self.url}: schema {self.revision} is newer than this "
+                    f"threadstore ({SCHEMA_HEAD}); use the threadstore release that made it")
         return None
+
+
+def _threadstore_tables() -> set[str]:
+    from .models import metadata  # noqa: PLC0415 - the models are not needed to open a store
+
+    return {*metadata.tables, VERSION_TABLE}
+
+
+def _interrupted_01(conn: Connection, tables: set[str]) -> bool:
+    """An empty ``alembic_version`` next to nothing but threadstore's tables.
+
+    What 0.1's first upgrade left when killed on MySQL/MariaDB: the version table
+    and some of the tables, no revision (DDL cannot be rolled back there).
+    """
+    if LEGACY_VERSION_TABLE not in tables or not tables - {LEGACY_VERSION_TABLE}:
+        return False
+    if tables - _threadstore_tables() - {LEGACY_VERSION_TABLE}:
+        return False
+    return not conn.execute(text(f"SELECT COUNT(*) FROM {LEGACY_VERSION_TABLE}")).scalar()
 
 
 def _known_revisions() -> set[str]:
@@ -514,11 +702,12 @@ def inspect_store(url: str | URL | Engine) -> StoreState:
     try:
         with read(engine) as conn:
             tables = set(inspect(conn).get_table_names())
-            if not tables:
-                return StoreState(shown, "empty")
-            if "alembic_version" not in tables:
-                return StoreState(shown, "foreign")
             revision = current_revision(conn)
+            ours = VERSION_TABLE in tables or revision is not None or _interrupted_01(
+                conn, tables
+            )
+            if not ours:
+                return StoreState(shown, "foreign" if tables else "empty")
     except StoreError as exc:
         cause = exc.__cause__
         detail = _short(cause) if isinstance(cause, SQLAlchemyError) else str(exc)
@@ -527,8 +716,10 @@ def inspect_store(url: str | URL | Engine) -> StoreState:
         if owned:
             engine.dispose()
     if revision is None:
+        # Ours, without a revision: a first upgrade that did not finish (MySQL keeps
+        # the tables it had made); the next upgrade completes it.
         return StoreState(shown, "empty")
-    if revision == SCHEMA_HEAD:
+    if revision == SCHEMA_HEAD and VERSION_TABLE in tables:
         return StoreState(shown, "head", revision)
     state = "behind" if revision in _known_revisions() else "newer"
     return StoreState(shown, state, revision)

@@ -77,6 +77,7 @@ except ImportError:  # Windows: stale temp files go by age instead
     _TRY_LOCK = None
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
@@ -90,6 +91,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy import cast as sql_cast
 
 from . import _rules as rules
 from . import db
@@ -240,12 +242,16 @@ def _build(
         from_ = threads.outerjoin(m, m.c.thread_id == threads.c.thread_id).outerjoin(
             r, r.c.thread_id == threads.c.thread_id
         )
+        # Integers on every backend: MySQL's SUM() is a DECIMAL (no JSON for it).
         exprs |= {
-            "message_count": func.coalesce(m.c.n, 0),
-            "run_count": func.coalesce(r.c.n, 0),
-            "prompt_tokens": func.coalesce(r.c.prompt, 0),
-            "completion_tokens": func.coalesce(r.c.completion, 0),
-            "total_tokens": func.coalesce(r.c.total, 0),
+            name: sql_cast(func.coalesce(value, 0), BigInteger)
+            for name, value in (
+                ("message_count", m.c.n),
+                ("run_count", r.c.n),
+                ("prompt_tokens", r.c.prompt),
+                ("completion_tokens", r.c.completion),
+                ("total_tokens", r.c.total),
+            )
         }
     elif declared.child_of_thread:
         if owner_conds:

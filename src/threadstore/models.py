@@ -5,6 +5,14 @@ name, diff and drop them on every backend), timezone-aware UTC datetimes that
 refuse naive values, ``String`` columns with lengths (MySQL/MariaDB need them),
 and an index for every filter the sweep and the export use.
 
+MySQL/MariaDB: every string column is ``utf8mb4`` with a binary NO PAD collation
+(ids, user ids and workspaces compare case- and trailing-space-exact, as on
+PostgreSQL and SQLite; emoji and CJK round-trip), text columns are ``LONGTEXT``
+(``TEXT`` stops at 64 KiB) and datetimes are ``DATETIME(6)`` (microseconds, so
+rows keep their order). :class:`ExactString`, :class:`LongText` and
+:class:`UTCDateTime` are the column types that say so: use them (not ``String``,
+``Text``, ``DateTime``) for every column; a test checks a MySQL store's columns.
+
 ``threads.metadata`` and ``messages.content``/``metadata`` are text columns: they
 hold JSON (or plain text), or a Fernet token when ``THREADSTORE_ENCRYPTION_KEY`` is
 set. Which columns are encrypted is part of each kind's declaration (below); the
@@ -51,7 +59,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -68,7 +77,9 @@ __all__ = [
     "THREADS",
     "THREAD_CHILDREN",
     "AssistantRecord",
+    "ExactString",
     "Kind",
+    "LongText",
     "MessageRecord",
     "RunRecord",
     "RunStepRecord",
@@ -101,8 +112,62 @@ ID = 64  # DashScope ids are "thread_" + 32 hex digits; room to spare
 NAME = 255
 
 
+MYSQL_DIALECTS = ("mysql", "mariadb")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def exact_collation(dialect: Dialect) -> str:
+    """The binary utf8mb4 collation without PAD SPACE (``'a' != 'a '``) on this server."""
+    # utf8mb4_bin pads: it ignores trailing spaces. MariaDB and MySQL 8 each name
+    # their NO PAD binary collation differently.
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
+class ExactString(TypeDecorator[str]):
+    """``VARCHAR(length)`` compared exactly (case, accents, trailing spaces) everywhere.
+
+    PostgreSQL and SQLite compare so already; MySQL/MariaDB get ``utf8mb4`` with
+    the binary NO PAD collation (:func:`exact_collation`).
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    @property
+    def python_type(self) -> type[str]:
+        return str
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            return dialect.type_descriptor(
+                mysql.VARCHAR(self.length, charset="utf8mb4", collation=exact_collation(dialect))
+            )
+        return super().load_dialect_impl(dialect)
+
+
+class LongText(TypeDecorator[str]):
+    """Unbounded text: ``LONGTEXT`` in ``utf8mb4`` on MySQL/MariaDB (``TEXT`` ends at 64 KiB)."""
+
+    impl = Text
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type[str]:
+        return str
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            return dialect.type_descriptor(
+                mysql.LONGTEXT(charset="utf8mb4", collation=exact_collation(dialect))
+            )
+        return super().load_dialect_impl(dialect)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -115,13 +180,19 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            # MySQL's DATETIME keeps whole seconds unless asked for microseconds.
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return super().load_dialect_impl(dialect)
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value!r}: threadstore stores aware UTC only")
         value = value.astimezone(timezone.utc)
-        if dialect.name in ("sqlite", "mysql", "mariadb"):
+        if dialect.name in ("sqlite", *MYSQL_DIALECTS):
             # These keep no offset: store the UTC wall time, re-attach UTC on read.
             return value.replace(tzinfo=None)
         return value
@@ -150,7 +221,7 @@ def _thread_id() -> Column[Any]:
     """A child kind's ``thread_id``: the thread it belongs to (removed with it)."""
     return Column(
         "thread_id",
-        String(ID),
+        ExactString(ID),
         ForeignKey("threads.thread_id", ondelete="CASCADE"),
         nullable=False,
     )
@@ -167,22 +238,22 @@ def _token_usage() -> tuple[Column[Any], ...]:
 threads = Table(
     "threads",
     metadata,
-    Column("thread_id", String(ID), primary_key=True),
-    Column("workspace", String(NAME), nullable=True),
-    Column("user_id", String(NAME), nullable=True),
+    Column("thread_id", ExactString(ID), primary_key=True),
+    Column("workspace", ExactString(NAME), nullable=True),
+    Column("user_id", ExactString(NAME), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("last_active", UTCDateTime(), nullable=False),
-    Column("metadata", Text(), nullable=False, server_default=text("'{}'")),
+    Column("metadata", LongText(), nullable=False, server_default=text("'{}'")),
     # creating: intent written, remote create not yet confirmed; active: mirrored.
-    Column("status", String(16), nullable=False, server_default=text("'active'")),
+    Column("status", ExactString(16), nullable=False, server_default=text("'active'")),
     Column("pinned", Boolean(), nullable=False, server_default=false()),
     Column("ttl_seconds", BigInteger(), nullable=True),
     Column("ttl_expires_at", UTCDateTime(), nullable=True),
     # Sweep bookkeeping: retries of failed remote deletes, and the claim lease.
     Column("attempts", Integer(), nullable=False, server_default=text("0")),
-    Column("last_error", Text(), nullable=True),
+    Column("last_error", LongText(), nullable=True),
     Column("next_attempt_at", UTCDateTime(), nullable=True),
-    Column("lease_owner", String(ID), nullable=True),
+    Column("lease_owner", ExactString(ID), nullable=True),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
     Index(None, "last_active"),
     Index(None, "ttl_expires_at"),
@@ -196,14 +267,14 @@ threads = Table(
 messages = Table(
     "messages",
     metadata,
-    Column("message_id", String(ID), primary_key=True),
+    Column("message_id", ExactString(ID), primary_key=True),
     _thread_id(),
-    Column("role", String(32), nullable=False),
-    Column("content", Text(), nullable=False),
+    Column("role", ExactString(32), nullable=False),
+    Column("content", LongText(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
-    Column("run_id", String(ID), nullable=True),
-    Column("assistant_id", String(ID), nullable=True),
-    Column("metadata", Text(), nullable=False, server_default=text("'{}'")),
+    Column("run_id", ExactString(ID), nullable=True),
+    Column("assistant_id", ExactString(ID), nullable=True),
+    Column("metadata", LongText(), nullable=False, server_default=text("'{}'")),
     Index(None, "thread_id", "created_at"),
     Index(None, "created_at"),
 )
@@ -211,19 +282,19 @@ messages = Table(
 runs = Table(
     "runs",
     metadata,
-    Column("run_id", String(ID), primary_key=True),
+    Column("run_id", ExactString(ID), primary_key=True),
     _thread_id(),
-    Column("assistant_id", String(ID), nullable=True),
-    Column("model", String(128), nullable=True),
-    Column("status", String(32), nullable=False),
+    Column("assistant_id", ExactString(ID), nullable=True),
+    Column("model", ExactString(128), nullable=True),
+    Column("status", ExactString(32), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=True),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("failed_at", UTCDateTime(), nullable=True),
-    Column("last_error", Text(), nullable=True),
+    Column("last_error", LongText(), nullable=True),
     *_token_usage(),
     # JSON list: the calls the run asked for in requires_action, with the outputs given.
-    Column("tool_calls", Text(), nullable=True),
+    Column("tool_calls", LongText(), nullable=True),
     Index(None, "thread_id", "created_at"),
     Index(None, "created_at"),
 )
@@ -231,16 +302,16 @@ runs = Table(
 run_steps = Table(
     "run_steps",
     metadata,
-    Column("step_id", String(ID), primary_key=True),
-    Column("run_id", String(ID), nullable=False),
+    Column("step_id", ExactString(ID), primary_key=True),
+    Column("run_id", ExactString(ID), nullable=False),
     _thread_id(),
-    Column("assistant_id", String(ID), nullable=True),
-    Column("type", String(32), nullable=False),  # message_creation | tool_calls
-    Column("status", String(32), nullable=False),
-    Column("message_id", String(ID), nullable=True),  # what a message_creation step wrote
+    Column("assistant_id", ExactString(ID), nullable=True),
+    Column("type", ExactString(32), nullable=False),  # message_creation | tool_calls
+    Column("status", ExactString(32), nullable=False),
+    Column("message_id", ExactString(ID), nullable=True),  # what a message_creation step wrote
     # JSON list of {id, type, name, arguments, output}: tool calls live with their step.
-    Column("tool_calls", Text(), nullable=True),
-    Column("last_error", Text(), nullable=True),
+    Column("tool_calls", LongText(), nullable=True),
+    Column("last_error", LongText(), nullable=True),
     *_token_usage(),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("completed_at", UTCDateTime(), nullable=True),
@@ -255,14 +326,14 @@ run_steps = Table(
 assistants = Table(
     "assistants",
     metadata,
-    Column("assistant_id", String(ID), primary_key=True),
-    Column("workspace", String(NAME), nullable=True),
-    Column("name", String(NAME), nullable=True),
-    Column("model", String(128), nullable=True),
-    Column("description", Text(), nullable=True),
-    Column("instructions", Text(), nullable=True),
-    Column("tools", Text(), nullable=True),  # JSON list, as DashScope holds it
-    Column("metadata", Text(), nullable=False, server_default=text("'{}'")),
+    Column("assistant_id", ExactString(ID), primary_key=True),
+    Column("workspace", ExactString(NAME), nullable=True),
+    Column("name", ExactString(NAME), nullable=True),
+    Column("model", ExactString(128), nullable=True),
+    Column("description", LongText(), nullable=True),
+    Column("instructions", LongText(), nullable=True),
+    Column("tools", LongText(), nullable=True),  # JSON list, as DashScope holds it
+    Column("metadata", LongText(), nullable=False, server_default=text("'{}'")),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("seen_at", UTCDateTime(), nullable=False),  # last time an answer showed it
     Index(None, "workspace", "created_at"),
@@ -273,19 +344,19 @@ deletions = Table(
     "deletions",
     metadata,
     Column("id", Integer(), primary_key=True, autoincrement=True),
-    Column("thread_id", String(ID), nullable=False),
-    Column("workspace", String(NAME), nullable=True),
-    Column("user_id", String(NAME), nullable=True),
+    Column("thread_id", ExactString(ID), nullable=False),
+    Column("workspace", ExactString(NAME), nullable=True),
+    Column("user_id", ExactString(NAME), nullable=True),
     Column("created_at", UTCDateTime(), nullable=True),
     Column("last_active", UTCDateTime(), nullable=True),
     Column("deleted_at", UTCDateTime(), nullable=False),
     # expired (sweep), manual (delete_thread), vanished (verify --fix), failed_create
-    Column("reason", String(32), nullable=False),
+    Column("reason", ExactString(32), nullable=False),
     # deleted: DashScope confirmed the delete; already_gone: it answered 404
-    Column("remote_result", String(32), nullable=False),
+    Column("remote_result", ExactString(32), nullable=False),
     Column("message_count", Integer(), nullable=False, server_default=text("0")),
     Column("run_count", Integer(), nullable=False, server_default=text("0")),
-    Column("deleted_by", String(ID), nullable=True),
+    Column("deleted_by", ExactString(ID), nullable=True),
     Index(None, "deleted_at"),
     Index(None, "thread_id"),
     Index(None, "user_id", "deleted_at"),
@@ -300,22 +371,22 @@ sweeps = Table(
     # completed when it ends. A row left "running" is a sweeper that died.
     Column("id", Integer(), primary_key=True, autoincrement=True),
     # The sweep's lease owner: the same text as deletions.deleted_by.
-    Column("owner", String(ID), nullable=False),
-    Column("host", String(NAME), nullable=False),
+    Column("owner", ExactString(ID), nullable=False),
+    Column("host", ExactString(NAME), nullable=False),
     Column("pid", Integer(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=True),
     # running, ok, failed (some deletes kept for retry), auth_failed, untrusted (404s that
     # could not be trusted stopped it), interrupted, error
-    Column("outcome", String(16), nullable=False),
-    Column("options", Text(), nullable=False, server_default=text("'{}'")),
+    Column("outcome", ExactString(16), nullable=False),
+    Column("options", LongText(), nullable=False, server_default=text("'{}'")),
     Column("expired", Integer(), nullable=False, server_default=text("0")),
     Column("deleted", Integer(), nullable=False, server_default=text("0")),
     Column("already_gone", Integer(), nullable=False, server_default=text("0")),
     Column("failed", Integer(), nullable=False, server_default=text("0")),
     Column("skipped", Integer(), nullable=False, server_default=text("0")),
     Column("lost_creates", Integer(), nullable=False, server_default=text("0")),
-    Column("error", Text(), nullable=True),
+    Column("error", LongText(), nullable=True),
     Index(None, "started_at"),
     Index(None, "outcome", "finished_at"),
 )

@@ -152,7 +152,8 @@ def compute(conn: Connection, *, older_than: timedelta = DEFAULT_OLDER_THAN,
     failed = conn.execute(
         select(t.last_error, t.next_attempt_at)
         .where(active, t.attempts > 0)
-        .order_by(t.next_attempt_at.asc().nulls_first(), t.thread_id)
+        # Nulls first, spelled the same on every backend (MySQL has no NULLS FIRST).
+        .order_by(t.next_attempt_at.is_not(None), t.next_attempt_at, t.thread_id)
         .limit(1)
     ).first()
     counts = {

@@ -200,7 +200,9 @@ def _remove_many(
         query = query.where(threads.c.lease_owner == owner)
     # Lock the rows we are about to remove (PostgreSQL/MySQL; SQLite's
     # IMMEDIATE transaction already excludes every other writer).
-    rows = [dict(r) for r in conn.execute(query.with_for_update()).mappings()]
+    # In id order, as every other multi-row lock here: no lock-order cycles.
+    query = query.order_by(threads.c.thread_id).with_for_update()
+    rows = [dict(r) for r in conn.execute(query).mappings()]
     if not rows:
         return []
     ids = [r["thread_id"] for r in rows]
@@ -406,6 +408,9 @@ class _Archive:
         self.codec = codec
         self.count = 0
         self.failed = False
+        # Threads already written: a transaction rerun after a deadlock writes
+        # only the others (the file is outside the transaction).
+        self._written: set[str] = set()
         self._owned: IO[str] | None = None
         if isinstance(target, str | Path):
             path = Path(target).expanduser()
@@ -439,7 +444,8 @@ class _Archive:
             children[kind.name] = of_thread
         deleted_at = utcnow()
         lines = []
-        for row in rows:
+        fresh = [row for row in rows if row["thread_id"] not in self._written]
+        for row in fresh:
             tid = row["thread_id"]
             record = {
                 "thread": THREADS.to_record(row, self.codec),
@@ -456,7 +462,8 @@ class _Archive:
             # gone, so the next sweep sees a 404 and archives them then.
             self.failed = True
             raise ArchiveError(f"cannot write the archive: {exc.strerror or exc}") from exc
-        self.count += len(rows)
+        self._written.update(row["thread_id"] for row in fresh)
+        self.count += len(fresh)
         return {
             name: {tid: len(items) for tid, items in of_thread.items()}
             for name, of_thread in children.items()
@@ -1030,15 +1037,17 @@ class _Sweep:
             size = min(size, self.limit - len(self.claimed))
         if size <= 0:
             return []
-        with db.write(self.engine) as conn:
-            rows = _claim(
+        rows = db.write_retrying(
+            self.engine,
+            lambda conn: _claim(
                 conn,
                 owner=self.owner,
                 lease=self.lease,
                 size=size,
                 cutoff=self.cutoff,
                 started=self.started,
-            )
+            ),
+        )
         deadline = time.monotonic() + self.start_window
         self.claimed.update(tid for tid, _, _ in rows)
         return [_Claimed(tid, ws, attempts, deadline) for tid, ws, attempts in rows]
@@ -1055,7 +1064,8 @@ class _Sweep:
             o.item.thread_id for o in outcomes if o.kind in ("unattempted", "auth", "untrusted")
         ]
         now = utcnow()
-        with db.write(self.engine) as conn:
+
+        def record(conn: Connection) -> list[dict[str, Any]]:
             removed = _remove_many(
                 conn, gone, reason="expired", owner=self.owner, archive=self.archive
             )
@@ -1079,6 +1089,9 @@ class _Sweep:
                     .where(threads.c.thread_id.in_(release), threads.c.lease_owner == self.owner)
                     .values(lease_owner=None, lease_expires_at=None)
                 )
+            return removed
+
+        removed = db.write_retrying(self.engine, record)
         finished = {r["thread_id"] for r in removed}
         for tid, kind in gone.items():
             if tid not in finished:
@@ -1100,12 +1113,14 @@ class _Sweep:
 
     def _release_all(self) -> None:
         """Give back every lease this sweep still holds (after an error or a stop)."""
-        with db.write(self.engine) as conn:
-            conn.execute(
+        db.write_retrying(
+            self.engine,
+            lambda conn: conn.execute(
                 update(threads)
                 .where(threads.c.lease_owner == self.owner)
                 .values(lease_owner=None, lease_expires_at=None)
-            )
+            ),
+        )
 
     def run(self) -> SweepReport:
         pending: set[Future[_Outcome]] = set()
