@@ -144,15 +144,27 @@ def test_four_sweeper_processes_delete_each_thread_exactly_once(
     db_url: str, emulator: Emulator
 ) -> None:
     """Four concurrent sweeper processes: every expired thread gets exactly one remote delete."""
+    _sweepers_delete_each_thread_once(db_url, emulator, 4)
+
+
+@pytest.mark.mysql
+def test_sixteen_sweeper_processes_on_mysql_never_fail_on_deadlock(
+    mysql_url: str, emulator: Emulator
+) -> None:
+    """16 sweepers on MySQL/MariaDB: all exit 0 (deadlock victims retry), one delete each."""
+    _sweepers_delete_each_thread_once(mysql_url, emulator, 16)
+
+
+def _sweepers_delete_each_thread_once(db_url: str, emulator: Emulator, n: int) -> None:
     remote = DashScopeRemote(base_url=emulator.url)
     with ThreadStore(db_url, remote=remote) as store:
         ids = _seed(store, emulator, 400)
         emulator.set_latency(0.02, op="threads.delete")
         pids: list[int] = []
         with _claims_blocked(db_url, store, pids):
-            procs = [_sweeper(db_url) for _ in range(4)]
+            procs = [_sweeper(db_url) for _ in range(n)]
             pids.extend(p.pid for p in procs)
-        outputs = [p.communicate(timeout=120) for p in procs]
+        outputs = [p.communicate(timeout=240) for p in procs]
 
         for proc, (_out, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err
