@@ -8,10 +8,11 @@ Create Date: 2026-11-21
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+
+from threadstore._ddl import create_index, create_table, json_default
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -19,29 +20,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-# Each step skips what exists: on MySQL/MariaDB, DDL commits as it goes, so an
-# upgrade killed half-way leaves some of it behind, and the next upgrade must
-# finish the job instead of failing with "Table ... already exists".
-def _create_table(name: str, *items: Any) -> None:
-    if not sa.inspect(op.get_bind()).has_table(name):
-        op.create_table(name, *items)
-
-
-def _create_index(name: str, table: str, columns: list[str], **kw: Any) -> None:
-    if name not in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}:
-        op.create_index(name, table, columns, **kw)
-
-
-def _json_default() -> sa.TextClause:
-    # MySQL 8 accepts a default on a TEXT column only as an expression.
-    dialect = op.get_bind().dialect
-    if dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False):
-        return sa.text("('{}')")
-    return sa.text("'{}'")
-
-
 def upgrade() -> None:
-    _create_table(
+    create_table(
         "assistants",
         sa.Column("assistant_id", sa.String(length=64), nullable=False),
         sa.Column("workspace", sa.String(length=255), nullable=True),
@@ -50,19 +30,19 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("instructions", sa.Text(), nullable=True),
         sa.Column("tools", sa.Text(), nullable=True),
-        sa.Column("metadata", sa.Text(), server_default=_json_default(), nullable=False),
+        sa.Column("metadata", sa.Text(), server_default=json_default(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("assistant_id", name=op.f("pk_assistants")),
     )
-    _create_index(op.f("ix_assistants_created_at"), "assistants", ["created_at"], unique=False)
-    _create_index(
+    create_index(op.f("ix_assistants_created_at"), "assistants", ["created_at"], unique=False)
+    create_index(
         op.f("ix_assistants_workspace_created_at"),
         "assistants",
         ["workspace", "created_at"],
         unique=False,
     )
-    _create_table(
+    create_table(
         "run_steps",
         sa.Column("step_id", sa.String(length=64), nullable=False),
         sa.Column("run_id", sa.String(length=64), nullable=False),
@@ -89,9 +69,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("step_id", name=op.f("pk_run_steps")),
     )
-    _create_index(op.f("ix_run_steps_created_at"), "run_steps", ["created_at"], unique=False)
-    _create_index(op.f("ix_run_steps_run_id"), "run_steps", ["run_id"], unique=False)
-    _create_index(
+    create_index(op.f("ix_run_steps_created_at"), "run_steps", ["created_at"], unique=False)
+    create_index(op.f("ix_run_steps_run_id"), "run_steps", ["run_id"], unique=False)
+    create_index(
         op.f("ix_run_steps_thread_id_created_at"),
         "run_steps",
         ["thread_id", "created_at"],
