@@ -135,3 +135,27 @@ def test_export_to_the_terminal_draws_no_bar_over_its_rows(sqlite_url: str) -> N
     shown = _on_a_terminal(["--db", sqlite_url, "export", "threads"], stdout_too=True)
     assert shown.count('"thread_id"') == 3
     assert "export threads:" not in shown
+
+
+def test_export_progress_has_the_filtered_total_and_an_eta(
+    db_url: str, tmp_path: object, fast_lines: None
+) -> None:
+    """`-v export --user u1` counts what it will write: "N/12,000 rows (…%, …/s, ETA …)"."""
+    now = datetime.now(UTC)
+    with ThreadStore(db_url, remote=FakeRemote()) as store:
+        rows = [{"thread_id": f"thread_{user}_{i:05d}", "user_id": user, "created_at": now,
+                 "last_active": now, "status": "active"}
+                for user, n in (("u1", 12_000), ("u2", 300)) for i in range(n)]
+        with store.engine.begin() as conn:
+            conn.execute(insert(threads), rows)
+    out = os.path.join(str(tmp_path), "t.jsonl")
+    result = CliRunner().invoke(
+        cli, ["--db", db_url, "-v", "export", "threads", "--user", "u1", "-o", out]
+    )
+    assert result.exit_code == 0, result.stderr[-2000:]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("export threads: ")]
+    assert lines, result.stderr[-2000:]
+    assert all("/12,000 rows" in x for x in lines)
+    assert lines[-1].startswith("export threads: 12,000/12,000 rows (100%")
+    with open(out, encoding="utf-8") as written:
+        assert sum(1 for _ in written) == 12_000

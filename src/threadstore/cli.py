@@ -893,6 +893,11 @@ class Progress:
                                       daemon=True)
             ticker.start()
 
+    @property
+    def shown(self) -> bool:
+        """True if this progress is drawn or printed at all (worth a total's cost)."""
+        return self._bar is not None or self._stop is not None
+
     def __call__(self, done: int, total: int | None = None) -> None:
         with self._lock:
             self.done, self.total = done, total
@@ -1241,7 +1246,11 @@ def export_command(
     where = "stdout" if to_stdout else output
     try:
         with obj.store(read_only=True) as store:
-            rows = store.export(target, options, progress=progress)
+            # A total (one COUNT) only when progress is shown: it gives the bar its ETA.
+            total = store.count_export(options) if progress.shown else None
+            rows = store.export(
+                target, options, progress=lambda done: progress(done, total)
+            )
         if to_stdout:
             target.flush()
             # A reader that left early (`| head -c`) may have lost rows without

@@ -113,7 +113,7 @@ from .models import (
 )
 from .models import kind as declared_kind
 
-__all__ = ["COLUMNS", "FORMATS", "TABLES", "ExportOptions", "export"]
+__all__ = ["COLUMNS", "FORMATS", "TABLES", "ExportOptions", "count_rows", "export"]
 
 TABLES = tuple(name for k in KINDS for name in (k.name, *k.aliases))
 FORMATS = ("jsonl", "csv", "parquet")
@@ -1156,6 +1156,25 @@ def export(
         ", redacted" if redact else "",
     )
     return written
+
+
+def count_rows(engine: Engine, options: ExportOptions) -> int:
+    """How many rows :func:`export` would write with ``options`` now (one COUNT query).
+
+    For a progress bar's total and ETA; it reads the filtered table once more, so
+    the CLI asks only when it shows progress.
+    """
+    query = _build(
+        options.table,
+        engine.dialect.name,
+        since=options.since,
+        until=options.until,
+        workspace=options.workspace,
+        user_id=options.user_id,
+    )
+    counted = select(func.count()).select_from(query.statement.order_by(None).subquery())
+    with db.read(engine) as conn:
+        return int(conn.execute(counted).scalar_one())
 
 
 def export_columns(table: str) -> Sequence[str]:

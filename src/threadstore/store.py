@@ -57,7 +57,7 @@ from .errors import (
     ThreadExpired,
     ThreadNotFound,
 )
-from .export import ExportOptions, Progress
+from .export import ExportOptions, Progress, count_rows
 from .export import export as export_table
 from .models import (
     ASSISTANTS,
@@ -1177,6 +1177,10 @@ class ThreadStore:
         return export_table(
             self.engine, path_or_file, options, codec=self.codec, progress=progress
         )
+
+    def count_export(self, options: ExportOptions) -> int:
+        """How many rows :meth:`export` would write with ``options`` (a progress total)."""
+        return count_rows(self.engine, options)
 
     def stats(self, *, older_than: timedelta = DEFAULT_OLDER_THAN) -> Stats:
         """Counts for humans and monitors: threads (expired by ``older_than``),
