@@ -1248,6 +1248,7 @@ def export_command(
         with obj.store(read_only=True) as store:
             # A total (one COUNT) only when progress is shown: it gives the bar its ETA.
             total = store.count_export(options) if progress.shown else None
+            progress(0, total)
             rows = store.export(
                 target, options, progress=lambda done: progress(done, total)
             )
