@@ -14,7 +14,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from threadstore.db import VERSION_TABLE, compare_server_default
+from threadstore.db import VERSION_TABLE, compare_server_default, include_object
 from threadstore.models import metadata
 
 config = context.config
@@ -29,6 +29,7 @@ def _configure(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         compare_server_default=compare_server_default,
+        include_object=include_object(connection.dialect.name),
         # Our own version table: the host application's Alembic keeps alembic_version.
         version_table=VERSION_TABLE,
     )

@@ -24,6 +24,7 @@ def test_upgrade_head_matches_the_models_exactly(db_url: str) -> None:
                 opts={
                     "compare_type": True,
                     "compare_server_default": db.compare_server_default,
+                    "include_object": db.include_object(conn.dialect.name),
                     "version_table": db.VERSION_TABLE,
                 },
             )

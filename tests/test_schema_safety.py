@@ -58,6 +58,13 @@ def _ours(obj: object, name: str | None, type_: str, reflected: bool, other: obj
 
 def _matches_the_models(engine: Engine) -> bool:
     """threadstore's tables are exactly the models' (other tables are not compared)."""
+    exists_here = db.include_object(engine.dialect.name)
+
+    def ours(obj: object, name: str | None, type_: str, reflected: bool, other: object) -> bool:
+        return _ours(obj, name, type_, reflected, other) and exists_here(
+            obj, name, type_, reflected, other
+        )
+
     with engine.connect() as conn:
         ctx = MigrationContext.configure(
             conn,
@@ -65,7 +72,7 @@ def _matches_the_models(engine: Engine) -> bool:
                 "compare_type": True,
                 "compare_server_default": db.compare_server_default,
                 "version_table": db.VERSION_TABLE,
-                "include_object": _ours,
+                "include_object": ours,
             },
         )
         return compare_metadata(ctx, metadata) == []

@@ -87,7 +87,6 @@ from sqlalchemy import (
     func,
     literal,
     null,
-    or_,
     select,
     type_coerce,
 )
@@ -107,6 +106,7 @@ from .models import (
     THREADS,
     TS,
     decode_stored,
+    encoded_values,
     messages,
     runs,
     threads,
@@ -208,10 +208,15 @@ def _build(
 
     owner_conds: list[ColumnElement[bool]] = []
     owner_table = threads if declared.child_of_thread or declared is THREADS else base
-    if workspace is not None:
-        owner_conds.append(owner_table.c.workspace == workspace)
-    if user_id is not None:
-        owner_conds.append(owner_table.c.user_id == user_id)
+    if table == "sweeps" and (workspace is not None or user_id is not None):
+        raise ConfigError("sweeps belong to no workspace or user: drop --workspace/--user")
+    owners = (("--workspace", "workspace", workspace), ("--user", "user_id", user_id))
+    for option, column, value in owners:
+        if value is None:
+            continue
+        if column not in owner_table.c:  # assistants belong to a workspace, not a user
+            raise ConfigError(f"{table} belong to no {option[2:]}: drop {option}")
+        owner_conds.append(owner_table.c[column] == value)
 
     # content_length is filled in client-side, from the decrypted text.
     exprs: dict[str, ColumnElement[Any]] = {"content_length": null()}
@@ -256,17 +261,22 @@ def _build(
     elif declared.child_of_thread:
         if owner_conds:
             conds.append(base.c.thread_id.in_(select(threads.c.thread_id).where(*owner_conds)))
-    elif table == "sweeps":
-        if owner_conds:
-            raise ConfigError("sweeps belong to no workspace or user: drop --workspace/--user")
     else:
         conds += owner_conds
 
-    stored = [base.c[name] for name, kind in spec if kind in (TEXT, JSON)]
+    # Whether any selected value is stored encoded: read from the kind's partial
+    # index of such rows (SQLite, PostgreSQL), empty on a store without a key.
+    prefixed = encoded_values(declared)
     encoded = None
-    if stored:
-        prefixed = [c.like(f"{p}%") for c in stored for p in _ENCODED]
-        encoded = select(1).select_from(base).where(*conds, or_(*prefixed)).limit(1)
+    if prefixed is not None:
+        encoded = (
+            select(1)
+            .select_from(base)
+            .where(*conds, prefixed)
+            # SQLite (no statistics) would rather walk a time or status index.
+            .with_hint(base, f"INDEXED BY ix_{base.name}_encoded", dialect_name="sqlite")
+            .limit(1)
+        )
     columns: list[ColumnElement[Any]] = []
     for name, kind in spec:
         expr: ColumnElement[Any] = exprs[name] if name in exprs else base.c[name]

@@ -55,11 +55,14 @@ from sqlalchemy import (
     Text,
     false,
     insert,
+    literal_column,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 if TYPE_CHECKING:
@@ -905,3 +908,51 @@ _BY_NAME = {name: k for k in KINDS for name in (k.name, *k.aliases)}
 def kind(name: str) -> Kind:
     """The kind declared as ``name`` or one of its aliases (KeyError if none)."""
     return _BY_NAME[name]
+
+
+# --------------------------------------------------------------------------- encoded rows
+
+ENCODED_PREFIXES = ("fernet:", "plain:")
+"""How :class:`~threadstore.codec.Codec` marks a stored value it must decode: a
+Fernet token, or plain text escaped because it began like one. Every other value
+is stored as it is (``test_kinds`` checks these match the codec's)."""
+
+PARTIAL_INDEX_DIALECTS = ("sqlite", "postgresql")
+"""Backends with partial indexes (MySQL and MariaDB have none: they scan)."""
+
+
+def encoded_values(declared: Kind) -> ColumnElement[bool] | None:
+    """True for a row of ``declared`` holding any value stored encoded; None if
+    the kind stores nothing through the codec.
+
+    The patterns are literals, and the expression is the one the partial index
+    ``ix_<table>_encoded`` (below) is declared with, so that SQLite and
+    PostgreSQL answer "is anything encoded?" from that index: empty on a store
+    without encryption, where the question would otherwise read the whole table
+    (an export asks it before taking its fast path).
+    """
+    columns = [declared.table.c[name] for name in declared.encrypted]
+    if not columns:
+        return None
+    return or_(
+        *(c.like(literal_column(f"'{p}%'")) for c in columns for p in ENCODED_PREFIXES)
+    )
+
+
+def _encoded_index(declared: Kind) -> Index | None:
+    predicate = encoded_values(declared)
+    if predicate is None:
+        return None
+    index = Index(
+        f"ix_{declared.table.name}_encoded",
+        declared.id,
+        sqlite_where=predicate,
+        postgresql_where=predicate,
+        info={"dialects": PARTIAL_INDEX_DIALECTS},
+    )
+    # ddl_if takes a tuple of names too (its annotation says str only).
+    return index.ddl_if(dialect=PARTIAL_INDEX_DIALECTS)  # type: ignore[arg-type]
+
+
+for _declared in KINDS:
+    _encoded_index(_declared)
