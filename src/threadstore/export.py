@@ -1,9 +1,10 @@
 """Streaming exports of the mirror: ``threads``, ``messages``, ``runs``, ``deletions``, ``sweeps``.
 
 Everything streams: one read transaction (``DEFERRED`` on SQLite, so an export
-never blocks writers), a server-side cursor on PostgreSQL, rows fetched in
+never waits for writers), a server-side cursor on PostgreSQL, rows fetched in
 batches of :data:`BATCH` and written batch by batch, so memory stays flat however
-large the table is.
+large the table is. An export is one consistent read, also when two streams
+read it (below): a row committed meanwhile is wholly in or wholly out.
 
 Formats:
 
@@ -19,6 +20,18 @@ How fast, by path (``benchmarks/bench_export.py`` has the figures): on a SQLite
 file, SQLite renders the JSONL and CSV lines itself and Python only moves bytes;
 with the ``[export]`` extra, Arrow reads ``messages`` and ``runs`` in C for CSV
 and Parquet; on PostgreSQL (psycopg 3), CSV comes from ``COPY … TO STDOUT``.
+
+Two cores: a whole ``messages``, ``runs`` or ``steps`` table (no filter) is read
+in chunks of rowids on a SQLite file (:class:`_SqliteChunks`)
+by two streams that share one snapshot, chunk 0, 2, 4… on one and 1, 3, 5… on
+the other, each a few chunks ahead at most, written in order. On SQLite the
+second stream is a second process (:mod:`threadstore._export_worker`): threads
+would serialize on SQLite's allocator lock. Both start their read while this
+process holds the write lock for a moment (``BEGIN IMMEDIATE``). Where the split
+can't start (an in-memory or read-only database, the lock held longer than
+:data:`LOCK_WAIT`, a table under :data:`SPLIT_ROWS` rowids) one stream reads it,
+in the same order. An error in either stream fails the export (one
+:class:`StoreError`); a consumer that stops (closed pipe, Ctrl-C) ends both.
 Everything else (other backends, encrypted values,
 ``redact=True``) takes the portable path: orjson (the json module without it)
 and pyarrow's CSV writer (the csv module without it). Every path writes the
@@ -41,11 +54,15 @@ value replaced by ``null``. Nothing else holds conversation text.
 
 ``since`` (inclusive) and ``until`` (exclusive) filter on each table's natural
 time: ``last_active`` for threads, ``created_at`` for messages and runs,
-``deleted_at`` for deletions, ``started_at`` for sweeps. Threads, deletions and
-sweeps come out ordered by that
-time; messages and runs in storage order (roughly the order they were written),
-because sorting millions of rows would cost more than the whole export — sort
-downstream when order matters.
+``deleted_at`` for deletions, ``started_at`` for sweeps.
+
+Order: threads, deletions, sweeps and assistants come out ordered by that time,
+then id; messages, runs and steps in storage order (roughly the order they were
+written), because sorting millions of rows would cost more than the whole
+export — sort downstream when order matters. A whole table's storage order is
+its rowid order on SQLite; with a filter (or on another database), it is the
+order in which the database reads the matching rows (an index may set it).
+Every path of one database writes the same rows in the same order.
 """
 
 from __future__ import annotations
@@ -59,11 +76,15 @@ import logging
 import os
 import queue
 import re
+import select as select_module
+import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,19 +102,22 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     Select,
     String,
+    bindparam,
     case,
     func,
     literal,
+    literal_column,
     null,
     select,
     type_coerce,
 )
 from sqlalchemy import cast as sql_cast
 
+from . import _export_worker, db
 from . import _rules as rules
-from . import db
 from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_lines, iso
 from .errors import ConfigError, StoreError
 from .models import (
@@ -135,6 +159,8 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 """Each table's export columns and their types, from the kinds' declarations."""
 
 Progress = Callable[[int], None]
+Lines = Generator[tuple[bytes, int], None, None]
+"""Batches of rendered lines and their row counts, closed by the export when it ends."""
 
 
 # --------------------------------------------------------------------------- SQL
@@ -174,6 +200,10 @@ class _Query:
     # A row if any selected content or metadata is stored encoded (encrypted, or
     # escaped plain text): those need Python to decode them. None: nothing to check.
     encoded: Select[Any] | None = None
+    # Every row of a thread's child table (no filter), in storage order: the
+    # export can be read in chunks of rowids (SQLite) or pages (PostgreSQL)
+    # whose concatenation is the same rows in the same order.
+    whole_table: bool = False
 
 
 def _timestamp(col: Any, ts_mode: str) -> ColumnElement[Any]:
@@ -286,10 +316,15 @@ def _build(
             expr = case((expr, 1), else_=0)
         columns.append(expr.label(name))
     statement = select(*columns).select_from(from_).where(*conds)
+    whole_table = declared.child_of_thread and not conds
     if not declared.child_of_thread:
         # Small tables: ordered. Sorting messages or runs would cost more than
         # the rest of the export (and memory on the server): storage order.
         statement = statement.order_by(time_col, id_col)
+    elif whole_table and dialect == "sqlite":
+        # Free (a table scan is in rowid order), and it makes storage order a
+        # promise: every path, split in chunks or not, writes the same bytes.
+        statement = statement.order_by(_rowid(base))
     return _Query(
         statement,
         tuple(n for n, _ in spec),
@@ -298,7 +333,12 @@ def _build(
         table,
         raw_cursor=dialect == "sqlite",
         encoded=encoded,
+        whole_table=whole_table,
     )
+
+
+def _rowid(table: Any) -> ColumnElement[int]:
+    return literal_column(f"{table.name}.rowid", Integer)
 
 
 def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -385,32 +425,45 @@ def _csv_header(names: Sequence[str]) -> bytes:
     return (",".join(f'"{n}"' for n in names) + "\n").encode("utf-8")
 
 
-def _sqlite_lines(
-    conn: Connection, query: _Query, fmt: str, size: int, redact: bool
-) -> Iterator[tuple[bytes, int]] | None:
-    """Batches of lines rendered by SQLite, with their row counts; None if it can't.
-
-    Only for plain values: redaction, or any encoded (encrypted or escaped) value
-    in the selection, takes the portable path for the whole export — checked in
-    the export's own read transaction, so the answer holds for its rows.
-    """
-    if query.ts_mode != TS_TEXT or fmt not in ("jsonl", "csv") or redact:
-        return None
-    if query.encoded is not None and conn.execute(query.encoded).first() is not None:
-        return None
-    sub = query.statement.subquery("x")
+def _sqlite_line(query: _Query, fmt: str, sub: Any) -> ColumnElement[Any]:
+    """One export line rendered by SQLite, from the columns of ``sub`` (the export's query)."""
     spec = list(zip(query.names, query.kinds, strict=True))
     text = next((sub.c[n] for n, k in spec if k == TEXT), None)
     if fmt == "csv":
         cells = [_csv_cell(sub.c[n], k, text) for n, k in spec]
         fmt_text = ",".join(part for part, _ in cells)
-        line = func.printf(fmt_text, *[arg for _, cell_args in cells for arg in cell_args])
-    else:
-        args: list[Any] = []
-        for n, k in spec:
-            args += [literal(n), _json_value(sub.c[n], k, text)]
-        line = func.json_object(*args)
-    result = conn.execute(select(line).select_from(sub))
+        return func.printf(fmt_text, *[arg for _, cell_args in cells for arg in cell_args])
+    args: list[Any] = []
+    for n, k in spec:
+        args += [literal(n), _json_value(sub.c[n], k, text)]
+    return func.json_object(*args)
+
+
+def _sqlite_lines(
+    engine: Engine, conn: Connection, query: _Query, fmt: str, size: int, redact: bool
+) -> Lines | None:
+    """Batches of lines rendered by SQLite, with their row counts; None if it can't.
+
+    Only for plain values: redaction, or any encoded (encrypted or escaped) value
+    in the selection, takes the portable path for the whole export — checked in
+    the export's own read transaction, so the answer holds for its rows.
+
+    A whole child table is rendered in chunks of ``size`` rowids, each one
+    statement that hands over all its lines at once (:class:`_SqliteChunks`), by
+    two processes when the table is large enough; anything else in batches of
+    rows from one statement.
+    """
+    if query.ts_mode != TS_TEXT or fmt not in ("jsonl", "csv") or redact:
+        return None
+    if query.whole_table:
+        chunks = _SqliteChunks(engine, conn, query, fmt, size)
+        if not chunks.start():
+            return None
+        return chunks.lines()
+    if query.encoded is not None and conn.execute(query.encoded).first() is not None:
+        return None
+    sub = query.statement.subquery("x")
+    result = conn.execute(select(_sqlite_line(query, fmt, sub)).select_from(sub))
     dbapi = conn.connection.dbapi_connection
 
     def batches() -> Iterator[tuple[bytes, int]]:
@@ -423,12 +476,254 @@ def _sqlite_lines(
             dbapi.text_factory = old  # type: ignore[union-attr]
             result.close()
 
-    return batches()
+    return _prefetched(batches())
+
+
+SPLIT_ROWS = 100_000
+"""Rowids from which a whole-table SQLite export is rendered by two processes."""
+LOCK_WAIT = 1.0
+"""Seconds a split export waits for SQLite's write lock before it reads alone."""
+WORKER_WAIT = 10.0
+"""Seconds a split export waits for its second process to start or answer."""
+
+
+def _worker_source() -> str:
+    """The second process's program: :mod:`threadstore._export_worker`, run as source."""
+    return Path(__file__).with_name("_export_worker.py").read_text("utf-8")
+
+
+class _Worker:
+    """The second process of a split SQLite export (:mod:`threadstore._export_worker`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        assert proc.stdin is not None  # noqa: S101 - both piped
+        assert proc.stdout is not None  # noqa: S101
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+
+    @classmethod
+    def spawn(cls, job: dict[str, Any]) -> _Worker | None:
+        """A started worker that has opened the database and waits for ``go``; None if
+        this platform or interpreter can't run one (the export then reads alone)."""
+        if os.name != "posix" or getattr(sys, "frozen", False) or not sys.executable:
+            return None
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - our interpreter, our program
+                [sys.executable, "-I", "-S", "-c", _worker_source()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            log.debug("export reads in one process: %s", exc)
+            return None
+        worker = cls(proc)
+        if worker.send(json.dumps(job)) and worker.answer() == "ready":
+            return worker
+        worker.close()
+        return None
+
+    def send(self, line: str) -> bool:
+        try:
+            self.stdin.write(line.encode("utf-8") + b"\n")
+            self.stdin.flush()
+        except OSError:
+            return False
+        return True
+
+    def answer(self) -> str | None:
+        """The worker's next line, or None if it sends none in :data:`WORKER_WAIT` seconds."""
+        ready, _, _ = select_module.select([self.stdout], [], [], WORKER_WAIT)
+        line = self.stdout.readline() if ready else b""
+        return line.decode("utf-8").strip() if line.endswith(b"\n") else None
+
+    def frames(self, chunks: int) -> Iterator[tuple[bytes, int]]:
+        """The lines and row counts of the worker's next ``chunks`` chunks."""
+        for _ in range(chunks):
+            rows, size = _export_worker.FRAME.unpack(self._read(_export_worker.FRAME.size))
+            data = self._read(size)
+            if rows == _export_worker.ERROR:
+                raise StoreError(f"database read failed: {data.decode('utf-8', 'replace')}")
+            yield data, rows
+
+    def _read(self, size: int) -> bytes:
+        data = self.stdout.read(size)
+        if len(data) != size:
+            raise StoreError(f"export's second process ended early (status {self.proc.poll()})")
+        return data
+
+    def close(self, *, finished: bool = False) -> None:
+        """Reap the worker: ``finished`` (every frame read), once it exits; else at once."""
+        for pipe in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        if finished:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(WORKER_WAIT)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class _SqliteChunks:
+    """A whole child table's lines, rendered by SQLite in chunks of rowids, in order.
+
+    Chunk k covers rowids ``lo + k*span`` to ``lo + (k+1)*span - 1`` (``lo`` and
+    ``hi``: the table's lowest and highest rowid); each is one statement whose
+    rows are ``ORDER BY rowid`` and whose lines SQLite joins (``group_concat``),
+    so Python handles one bytes object per chunk. Chunks in rowid order are the
+    table in rowid order: the same bytes as any other path.
+
+    On a SQLite file of at least :data:`SPLIT_ROWS` rowids, a second process
+    (:class:`_Worker`) renders the odd chunks while a thread here renders the
+    even ones; the export writes them in order, each stream a few chunks ahead
+    at most. Both read one snapshot: the worker's read transaction and the
+    export's start while this process holds SQLite's write lock (``BEGIN
+    IMMEDIATE``, for a moment), so no commit comes between them. Anything that
+    keeps the split from starting (an in-memory database, a read-only file, a
+    writer holding the lock for more than :data:`LOCK_WAIT` seconds, no
+    interpreter to start) leaves the export to one stream, never to an error.
+    """
+
+    def __init__(self, engine: Engine, conn: Connection, query: _Query, fmt: str, span: int):
+        self.engine, self.conn, self.query, self.span = engine, conn, query, span
+        self.table = declared_kind(query.table).table.name
+        # Two subqueries: SQLite answers a lone min() or max() of the rowid from the
+        # b-tree's ends, but both in one SELECT by scanning the table.
+        t = self.table
+        self.bounds = f"SELECT (SELECT min(rowid) FROM {t}), (SELECT max(rowid) FROM {t})"
+        lo, hi = bindparam("chunk_lo", type_=Integer), bindparam("chunk_hi", type_=Integer)
+        rowid = _rowid(declared_kind(query.table).table)
+        sub = query.statement.where(rowid.between(lo, hi)).subquery("x")
+        line = _sqlite_line(query, fmt, sub)
+        chunk = select(func.group_concat(line, literal("\n")), func.count()).select_from(sub)
+        compiled = chunk.compile(dialect=conn.dialect)
+        names = list(compiled.positiontup or ())
+        self.sql = compiled.string
+        self.params: list[Any] = [
+            None if n in ("chunk_lo", "chunk_hi") else _sqlite_param(compiled.params[n])
+            for n in names
+        ]
+        self.at_lo, self.at_hi = names.index("chunk_lo"), names.index("chunk_hi")
+        self.worker: _Worker | None = None
+        self.lo: int | None = None
+        self.hi = 0
+
+    def start(self) -> bool:
+        """Fix the snapshot (shared with a worker if it pays); False if the portable
+        path must write this export (encoded values)."""
+        try:
+            self.lo, self.hi = self._split() or self.conn.exec_driver_sql(self.bounds).one()
+            query = self.query
+            if query.encoded is not None and self.conn.execute(query.encoded).first() is not None:
+                self.close()
+                return False
+        except BaseException:
+            self.close()
+            raise
+        return True
+
+    def _split(self) -> tuple[int, int] | None:
+        """The table's bounds, read in a snapshot a worker shares; None: no worker."""
+        path = db._sqlite_file(self.engine.url)
+        if path is None:
+            return None
+        try:
+            lock = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
+            lo, hi = lock.execute(self.bounds).fetchone()
+            if lo is None or hi - lo + 1 < max(SPLIT_ROWS, 2 * self.span):
+                return None
+            self.worker = _Worker.spawn({
+                "uri": f"{path.resolve().as_uri()}?mode=ro",
+                "bounds": self.bounds,
+                "sql": self.sql,
+                "params": self.params,
+                "lo": self.at_lo,
+                "hi": self.at_hi,
+                "span": self.span,
+                "index": 1,
+                "streams": 2,
+            })
+            if self.worker is None:
+                return None
+            try:
+                lock.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:  # read-only, or a writer holds the lock
+                log.debug("export reads in one process: %s", exc)
+                self.close()
+                return None
+            try:
+                lo, hi = self.conn.exec_driver_sql(self.bounds).one()
+                theirs = self.worker.answer() if self.worker.send("go") else None
+            finally:
+                lock.rollback()
+            if theirs != json.dumps([lo, hi]):
+                # Not a snapshot we share (or no answer): this one is ours alone.
+                log.debug("export reads in one process: the worker answered %r", theirs)
+                self.close()
+            return lo, hi
+        finally:
+            lock.close()
+
+    def _render(self, index: int, streams: int) -> Iterator[tuple[bytes, int]]:
+        """This process's chunks (``index``, ``index + streams``, …), rendered here."""
+        assert self.lo is not None  # noqa: S101 - only called with rows to read
+        dbapi: Any = self.conn.connection.dbapi_connection
+        cursor = dbapi.cursor()
+        old = dbapi.text_factory
+        dbapi.text_factory = bytes
+        params = list(self.params)
+        try:
+            for first in _export_worker.chunk_starts(self.lo, self.hi, self.span, index, streams):
+                params[self.at_lo], params[self.at_hi] = first, first + self.span - 1
+                data, rows = cursor.execute(self.sql, params).fetchone()
+                yield (data + b"\n" if rows else b""), rows
+        except sqlite3.Error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+        finally:
+            dbapi.text_factory = old
+            cursor.close()
+
+    def lines(self) -> Lines:
+        """Every chunk's lines and row count, in order (empty chunks left out)."""
+        streams: list[Lines] = []
+        finished = False
+        try:
+            if self.lo is None:
+                return
+            if self.worker is None:
+                streams = [_prefetched(self._render(0, 1))]
+            else:
+                # Two chunks ahead per stream: both cores busy, memory for six chunks.
+                theirs = len(_export_worker.chunk_starts(self.lo, self.hi, self.span, 1, 2))
+                streams = [
+                    _prefetched(self._render(0, 2), depth=2),
+                    _prefetched(self.worker.frames(theirs), depth=2),
+                ]
+            for stream in itertools.cycle(streams):
+                item = next(stream, None)
+                if item is None:  # stream 0 has the last chunk, or one as many as stream 1
+                    finished = True
+                    return
+                if item[1]:
+                    yield item
+        finally:
+            self.close(finished=finished)  # first: a stream blocked on its pipe ends with it
+            for stream in streams:
+                stream.close()
+
+    def close(self, *, finished: bool = False) -> None:
+        if self.worker is not None:
+            self.worker.close(finished=finished)
+            self.worker = None
 
 
 def _pg_copy(
     conn: Connection, query: _Query, fmt: str, size: int, redact: bool
-) -> Iterator[tuple[bytes, int]] | None:
+) -> Lines | None:
     """Batches of CSV rows from PostgreSQL's ``COPY … TO STDOUT``; None if it can't.
 
     The server renders every row (pyarrow's CSV form: ``FORCE_QUOTE`` on the
@@ -471,7 +766,7 @@ def _pg_copy(
                     return
                 yield b"".join(rows), len(rows)
 
-    return batches()
+    return _prefetched(batches())
 
 
 # --------------------------------------------------------------------------- values
@@ -937,11 +1232,12 @@ def _adbc_batches(engine: Engine, query: _Query, size: int) -> Iterator[Any] | N
     # ADBC infers each column's type from the first rows, and a column that
     # starts with NULLs would be typed wrong; a leading row of typed dummies
     # (UNION ALL keeps its operands' order) pins the types. It is dropped below.
+    # The query is a subquery there: an ORDER BY would apply to the compound.
     sentinel = ", ".join(
         f"{0 if kind in (INT, LEN, BOOL) else repr('')} AS {name}"
         for name, kind in zip(query.names, query.kinds, strict=True)
     )
-    sql = f"SELECT {sentinel} UNION ALL {compiled.string}"
+    sql = f"SELECT {sentinel} UNION ALL SELECT * FROM ({compiled.string})"
 
     def batches() -> Iterator[Any]:
         try:
@@ -962,31 +1258,40 @@ def _adbc_batches(engine: Engine, query: _Query, size: int) -> Iterator[Any] | N
     return batches()
 
 
-def _prefetched(source: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+def _prefetched(source: Iterator[Any], depth: int = 4) -> Generator[Any, None, None]:
     """Iterate ``source`` in a helper thread, up to ``depth`` items ahead.
 
     ADBC fetches and pyarrow writes both run in C without the GIL, so reading the
     next batch while this one is written overlaps most of the two. Memory stays
-    bounded by ``depth`` batches. An error in ``source`` is raised here.
+    bounded by ``depth`` batches. An error in ``source`` is raised here. Closed
+    early (the consumer failed or stopped), the helper stops after the item in
+    hand and closes ``source`` itself.
     """
     done = object()
     items: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
     def produce() -> None:
         try:
             for item in source:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            items.put(done)
+            offer(done)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
-            items.put(exc)
+            offer(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     worker = threading.Thread(target=produce, name="threadstore-export-fetch", daemon=True)
     worker.start()
@@ -998,6 +1303,10 @@ def _prefetched(source: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+def _nothing() -> Lines:
+    yield from ()
 
 
 def _pyarrow() -> Any | None:
@@ -1132,16 +1441,18 @@ def export(
                 writer.close()
             else:
                 with db.read(engine) as conn:
-                    lines = _sqlite_lines(conn, query, fmt, batch_size, redact)
+                    lines = _sqlite_lines(engine, conn, query, fmt, batch_size, redact)
                     if lines is None:
                         lines = _pg_copy(conn, query, fmt, batch_size, redact)
-                    for data, n in _prefetched(lines) if lines is not None else ():
-                        if fmt == "csv" and not written:
-                            sink.write_bytes(_csv_header(query.names))
-                        sink.write_bytes(data)
-                        written += n
-                        if progress is not None:
-                            progress(written)
+                    # Closed here, not when garbage: its threads and processes end with it.
+                    with contextlib.closing(lines or _nothing()) as rendered:
+                        for data, n in rendered:
+                            if fmt == "csv" and not written:
+                                sink.write_bytes(_csv_header(query.names))
+                            sink.write_bytes(data)
+                            written += n
+                            if progress is not None:
+                                progress(written)
                     if not written:  # no fast path, or nothing (or encoded values) in it
                         writer = _writer(fmt, sink, query, codec, redact)
                         for rows in _batches(conn, query, batch_size):
