@@ -29,6 +29,7 @@ import random
 import re
 import sqlite3
 import stat
+import threading
 import time
 import urllib.parse
 import weakref
@@ -60,6 +61,7 @@ from .errors import ConfigError, StoreError
 
 __all__ = [
     "DEFAULT_URL",
+    "HeldConnection",
     "Prepared",
     "StoreState",
     "compare_server_default",
@@ -326,8 +328,66 @@ class _WatchedTx(DriverTx):
         return int(self._conn.execute(stmt, values).rowcount)  # type: ignore[call-overload]
 
 
+class HeldConnection:
+    """One pooled connection kept checked out for :func:`write_fast` (SQLite files).
+
+    A create pays two short write transactions; taking a connection from the pool
+    and giving it back costs about as much as one of them. The first writer to
+    find the held connection free uses it (never waiting for it: the others take
+    one from the pool as before, so threads never queue behind it). It is given
+    back after any error (the pool checks connections it hands out) and by
+    :meth:`close`; a forked child never uses its parent's. Only SQLite files hold
+    one: a server connection held out of the pool would miss the pool's liveness
+    check (``pool_pre_ping``) after a server restart, and there a commit's round
+    trip dwarfs a checkout anyway.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._raw: Any = None
+        self._pid = os.getpid()
+        self.enabled = engine.dialect.name == "sqlite" and not isinstance(engine.pool, StaticPool)
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        """The held connection, or None if it is in use (or not held for this engine)."""
+        if not self.enabled or not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._pid != os.getpid():  # forked: the parent's connection is not ours
+                self._raw, self._pid = None, os.getpid()
+            if self._raw is None:
+                self._raw = _checkout(self._engine)
+            yield self._raw
+        except BaseException:
+            self._give_back()
+            raise
+        finally:
+            self._lock.release()
+
+    def _give_back(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                raw.close()
+
+    def close(self) -> None:
+        """Return the connection to the pool (before the engine is disposed)."""
+        with self._lock:
+            self._give_back()
+
+
+def _checkout(engine: Engine) -> Any:
+    try:
+        return engine.raw_connection()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database write failed: {_short(exc)}") from exc
+
+
 @contextlib.contextmanager
-def write_fast(engine: Engine) -> Iterator[DriverTx]:
+def write_fast(engine: Engine, held: HeldConnection | None = None) -> Iterator[DriverTx]:
     """:func:`write` for a few fixed statements on a hot path (a create's two steps).
 
     The same transaction (``BEGIN IMMEDIATE`` on SQLite), errors and rollback, but
@@ -335,6 +395,7 @@ def write_fast(engine: Engine) -> Iterator[DriverTx]:
     per-execution work costs more than SQLite's insert and commit together. Only
     for module-level statements (cached by identity). With statement listeners on
     the engine (or ``echo``), it is :func:`write` itself, so that they see everything.
+    ``held``: use that connection when it is free instead of the pool's.
     """
     if engine.echo or engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute:
         # Someone watches the statements (logging, tracing, a test's fault
@@ -342,11 +403,17 @@ def write_fast(engine: Engine) -> Iterator[DriverTx]:
         with write(engine) as conn:
             yield _WatchedTx(conn)
         return
+    with contextlib.nullcontext(None) if held is None else held.borrow() as kept:
+        raw = kept if kept is not None else _checkout(engine)
+        try:
+            yield from _driver_tx(engine, raw)
+        finally:
+            if kept is None:
+                raw.close()
+
+
+def _driver_tx(engine: Engine, raw: Any) -> Iterator[DriverTx]:
     dbapi_error = engine.dialect.loaded_dbapi.Error
-    try:
-        raw = engine.raw_connection()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed: {_short(exc)}") from exc
     try:
         cursor = raw.cursor()
         if engine.dialect.name == "sqlite":
@@ -364,8 +431,6 @@ def write_fast(engine: Engine) -> Iterator[DriverTx]:
                 f"database write failed: {line[0] if line else type(exc).__name__}"
             ) from exc
         raise
-    finally:
-        raw.close()
 
 
 def is_lock_conflict(exc: BaseException | None) -> bool:

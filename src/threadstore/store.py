@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -257,6 +258,10 @@ class ThreadStore:
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.trust = Trust(self.remote)
         self._closed = False
+        # A create's two short writes use one connection kept out of the pool
+        # (SQLite files; see db.HeldConnection); returned by close() or at GC.
+        self._held = db.HeldConnection(self.engine)
+        weakref.finalize(self, self._held.close)
         if migrate or not create:
             try:
                 if migrate:
@@ -286,6 +291,7 @@ class ThreadStore:
         if self._closed:
             return
         self._closed = True
+        self._held.close()
         self.remote.close()
         if self._owns_engine:
             self.engine.dispose()
@@ -429,7 +435,7 @@ class ThreadStore:
         }
         # Both steps run on the driver (db.write_fast): this is the one local cost
         # every create pays, twice, and SQLAlchemy's per-statement work was most of it.
-        with db.write_fast(self.engine) as tx:
+        with db.write_fast(self.engine, self._held) as tx:
             tx.run(_INSERT_INTENT, THREADS.row(intent, self.codec), insert=True)
         try:
             remote = self.remote.create_thread(
@@ -462,7 +468,7 @@ class ThreadStore:
                     if done == 1:
                         self._insert_new_messages(conn, remote.id, first)
             else:
-                with db.write_fast(self.engine) as tx:
+                with db.write_fast(self.engine, self._held) as tx:
                     done = tx.run(_ACTIVATE_INTENT, values)
             if done != 1:
                 raise StoreError(f"the intent row for {remote.id} vanished")
