@@ -1,15 +1,62 @@
-"""Lean start-up: `threadstore stats` loads neither the demo, the emulator nor APScheduler."""
+"""Lean start-up: a command loads what it uses, and nothing it does not.
+
+`threadstore stats` loads neither the demo, the emulator nor APScheduler; `--help`
+and `sweep` load neither cryptography (unless a key is set), the exporter, stats,
+verify nor the MySQL dialect; importing threadstore leaves the garbage collector
+as it found it.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+from cryptography.fernet import Fernet
+
+from helpers import now
 from threadstore import ThreadStore
-from threadstore.testing import FakeRemote
+from threadstore.testing import Emulator, FakeRemote
+from threadstore.testing.clock import backdate
 
 HEAVY = ("apscheduler", "threadstore.demo", "threadstore.testing")
+# What neither `--help` nor a sweep needs (cryptography: not without a key).
+NOT_FOR_A_SWEEP = (
+    "cryptography",
+    "threadstore.export",
+    "threadstore.stats",
+    "threadstore.verify",
+    "sqlalchemy.dialects.mysql",
+)
+
+
+def _imported(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run ``python -X importtime ARGS``: the finished process and the modules it imported."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+    imported = {
+        line.split("|")[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "threadstore.models" in imported  # the probe sees our own modules
+    return done, imported
+
+
+def _loaded(imported: set[str], prefixes: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in imported if m.startswith(prefixes))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADSTORE_")}
+    return {**env, **extra}
 
 
 def test_stats_imports_no_demo_emulator_or_scheduler(tmp_path: Path) -> None:
@@ -17,16 +64,120 @@ def test_stats_imports_no_demo_emulator_or_scheduler(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     # `stats` only reads (issue 13): the store must exist before it runs.
     ThreadStore(url, remote=FakeRemote()).close()
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "threadstore", "--db", url, "stats"],
-        capture_output=True, text=True, timeout=120, check=False,
+    done, imported = _imported(["-m", "threadstore", "--db", url, "stats"], _env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threadstore.stats" in imported
+    assert _loaded(imported, HEAVY) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-c", "import threadstore"], ["-m", "threadstore", "--help"],
+     ["-m", "threadstore", "sweep", "--help"]],
+    ids=["import", "help", "sweep-help"],
+)
+def test_import_and_help_load_no_crypto_exporter_stats_verify_or_mysql(args: list[str]) -> None:
+    """Without an encryption key, neither importing threadstore nor --help loads them."""
+    done, imported = _imported(args, _env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _loaded(imported, NOT_FOR_A_SWEEP) == []
+
+
+def test_a_sweep_loads_no_crypto_exporter_stats_verify_or_mysql(
+    sqlite_url: str, emulator: Emulator
+) -> None:
+    """A cron `threadstore sweep` deletes the expired threads with none of them loaded."""
+    with ThreadStore(sqlite_url) as store:
+        ids = [store.create_thread(user_id="u").thread_id for _ in range(3)]
+        for tid in ids:
+            backdate(store, tid, now() - timedelta(days=10))
+    done, imported = _imported(
+        ["-m", "threadstore", "--db", sqlite_url, "sweep", "--days", "7"], _env()
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    imported = {
-        line.split("|")[-1].strip()
-        for line in done.stderr.splitlines()
-        if line.startswith("import time:")
-    }
-    assert "threadstore.stats" in imported  # the probe sees our own modules
-    loaded = sorted(m for m in imported if m.startswith(HEAVY))
-    assert loaded == [], loaded
+    assert "sweep: " in done.stderr  # the summary line
+    assert not any(emulator.thread_exists(tid) for tid in ids)
+    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+        assert store.list_threads() == []
+    assert _loaded(imported, NOT_FOR_A_SWEEP) == []
+
+
+def test_an_encrypted_store_reads_in_a_fresh_process(sqlite_url: str) -> None:
+    """cryptography, loaded only once a key is set, still decrypts; a wrong key is one line."""
+    key = Fernet.generate_key().decode()
+    with ThreadStore(sqlite_url, remote=FakeRemote(), encryption_key=key) as store:
+        tid = store.create_thread(user_id="u", metadata={"topic": "secret"}).thread_id
+        store.add_message(tid, "the plain words")
+    show = [sys.executable, "-m", "threadstore", "--db", sqlite_url, "show", tid]
+    done = subprocess.run(show, capture_output=True, text=True, timeout=120, check=False,
+                          env=_env(THREADSTORE_ENCRYPTION_KEY=key))
+    assert done.returncode == 0, done.stderr
+    assert "the plain words" in done.stdout
+    assert "secret" in done.stdout
+    wrong = Fernet.generate_key().decode()
+    done = subprocess.run(show, capture_output=True, text=True, timeout=120, check=False,
+                          env=_env(THREADSTORE_ENCRYPTION_KEY=wrong))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "does not decrypt" in done.stderr
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["gc-on", "gc-off"])
+def test_importing_threadstore_leaves_the_garbage_collector_as_it_was(before: bool) -> None:
+    """The collector is off only while threadstore imports: on after if it was on, else off."""
+    code = (
+        "import gc\n"
+        f"{'gc.enable()' if before else 'gc.disable()'}\n"
+        "import threadstore, threadstore.cli\n"
+        "print(gc.isenabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == str(before)
+
+
+def test_garbage_made_before_the_import_is_still_collected() -> None:
+    """A reference cycle dropped before `import threadstore` is freed by the next collection."""
+    code = (
+        "import gc, weakref\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node()\n"
+        "a.other, b.other = b, a\n"
+        "gone = weakref.ref(a)\n"
+        "del a, b\n"
+        "import threadstore\n"
+        "gc.collect()\n"
+        "print(gone() is None, gc.get_freeze_count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stdout.split() == ["True", "0"], done.stderr
+
+
+def test_objects_an_application_froze_stay_frozen() -> None:
+    """gc.freeze() before a fork, then `import threadstore`: the frozen objects stay frozen."""
+    code = (
+        "import gc\n"
+        "kept = [object()]\n"
+        "gc.freeze()\n"
+        "import threadstore\n"
+        "print(gc.get_freeze_count() > 0, any(o is kept for o in gc.get_objects()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stdout.split() == ["True", "False"], done.stderr
+
+
+def test_public_names_loaded_on_demand_import_from_a_fresh_process() -> None:
+    """`from threadstore import Stats, VerifyReport` works, and dir() lists every public name."""
+    code = (
+        "import threadstore\n"
+        "from threadstore import Stats, VerifyReport\n"
+        "from threadstore.stats import Stats as S\n"
+        "assert Stats is S and VerifyReport.__name__ == 'VerifyReport'\n"
+        "assert set(threadstore.__all__) <= set(dir(threadstore))\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stdout.strip() == "ok", done.stderr

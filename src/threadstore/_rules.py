@@ -38,7 +38,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, RowMapping, and_, or_
@@ -46,6 +46,7 @@ from sqlalchemy import ColumnElement, RowMapping, and_, or_
 from .models import threads
 
 __all__ = [
+    "DEFAULT_OLDER_THAN",
     "RETRY_BASE",
     "ThreadStatus",
     "backing_off",
@@ -60,6 +61,8 @@ __all__ = [
     "row_lease_live",
 ]
 
+DEFAULT_OLDER_THAN = timedelta(days=7)
+"""The idle time after which stats count a thread as expired when not told (as ``--days 7``)."""
 RETRY_BASE = 2.0
 """Seconds before the first retry of a failed remote delete (doubled per attempt)."""
 MAX_RETRY_DELAY = 3600.0

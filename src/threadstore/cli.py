@@ -29,9 +29,9 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import db
-from . import export as export_module
 from .codec import jsonable, to_json
 from .errors import ConfigError, RemoteAuthError, ThreadNotFound, ThreadStoreError
+from .models import EXPORT_FORMATS, KIND_NAMES
 from .remote import DashScopeRemote
 from .store import ThreadStore
 from .sweep import DEFAULT_CONCURRENCY, DEFAULT_LEASE, SweepOptions, check_lease
@@ -1176,12 +1176,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 @cli.command("export")
 @click.argument(
-    "table", type=click.Choice(export_module.TABLES), default="threads", required=False
+    "table", type=click.Choice(KIND_NAMES), default="threads", required=False
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(export_module.FORMATS),
+    type=click.Choice(EXPORT_FORMATS),
     default="jsonl",
     show_default=True,
     help="Output format (parquet needs pip install 'threadstore[parquet]').",
@@ -1229,7 +1229,9 @@ def export_command(
       threadstore export messages --format parquet --redact -o messages.parquet
       threadstore export sweeps --since 2026-01-01 --format csv
     """
-    options = export_module.ExportOptions(
+    from .export import ExportOptions  # noqa: PLC0415 - only `export` loads the exporter
+
+    options = ExportOptions(
         table=table, fmt=fmt, since=since, until=until, workspace=workspace,
         user_id=user_id, redact=redact,
     )

@@ -38,12 +38,16 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Column, Connection, Table, select, update
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    # cryptography is imported only once a key is given: it costs every start-up
+    # (a cron sweep's included) tens of milliseconds, and most stores have no key.
+    from cryptography.fernet import Fernet, MultiFernet
 
 __all__ = [
     "PLAIN_PREFIX",
@@ -72,6 +76,8 @@ def refuse_nul(value: str | None, what: str) -> None:
 
 
 def _fernet(key: str, what: str) -> Fernet:
+    from cryptography.fernet import Fernet  # noqa: PLC0415 - only with a key (see above)
+
     try:
         return Fernet(key.strip().encode("ascii"))
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
@@ -90,6 +96,8 @@ class Codec:
             self._primary = _fernet(key, ENV_KEY)
             keys = [self._primary]
             keys += [_fernet(k, ENV_OLD_KEYS) for k in old_keys if k.strip()]
+            from cryptography.fernet import MultiFernet  # noqa: PLC0415 - only with a key
+
             self._fernet = MultiFernet(keys)
 
     @classmethod
@@ -117,6 +125,8 @@ class Codec:
             raise ConfigError(
                 f"the store holds encrypted data: set {ENV_KEY} to the key it was written with"
             )
+        from cryptography.fernet import InvalidToken  # noqa: PLC0415 - loaded with the key
+
         try:
             return self._fernet.decrypt(stored[len(PREFIX) :].encode("ascii")).decode("utf-8")
         except InvalidToken as exc:
@@ -135,6 +145,8 @@ class Codec:
             return not stored.startswith(PREFIX)
         if not stored.startswith(PREFIX):
             return False
+        from cryptography.fernet import InvalidToken  # noqa: PLC0415 - loaded with the key
+
         try:
             self._primary.decrypt(stored[len(PREFIX) :].encode("ascii"))
         except InvalidToken:

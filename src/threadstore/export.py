@@ -122,8 +122,10 @@ from .codec import PLAIN_PREFIX, PREFIX, Codec, dump_lines, iso
 from .errors import ConfigError, StoreError
 from .models import (
     BOOL,
+    EXPORT_FORMATS,
     INT,
     JSON,
+    KIND_NAMES,
     KINDS,
     LEN,
     TEXT,
@@ -139,8 +141,8 @@ from .models import kind as declared_kind
 
 __all__ = ["COLUMNS", "FORMATS", "TABLES", "ExportOptions", "count_rows", "export"]
 
-TABLES = tuple(name for k in KINDS for name in (k.name, *k.aliases))
-FORMATS = ("jsonl", "csv", "parquet")
+TABLES = KIND_NAMES
+FORMATS = EXPORT_FORMATS
 BATCH = 5000
 log = logging.getLogger(__name__)
 

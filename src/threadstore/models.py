@@ -54,6 +54,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    func,
     insert,
     literal_column,
     or_,
@@ -61,7 +62,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -71,7 +71,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ASSISTANTS",
     "DELETIONS",
+    "EXPORT_FORMATS",
     "KINDS",
+    "KIND_NAMES",
     "MESSAGES",
     "RUNS",
     "RUN_RANK",
@@ -116,6 +118,9 @@ NAME = 255
 
 
 MYSQL_DIALECTS = ("mysql", "mariadb")
+# The types below import sqlalchemy.dialects.mysql only when a MySQL/MariaDB
+# dialect asks for them: a SQLite or PostgreSQL store, and every CLI start-up,
+# would otherwise load all of that dialect's drivers' modules for nothing.
 
 
 def utcnow() -> datetime:
@@ -149,6 +154,8 @@ class ExactString(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in MYSQL_DIALECTS:
+            from sqlalchemy.dialects import mysql  # noqa: PLC0415 - see MYSQL_DIALECTS
+
             return dialect.type_descriptor(
                 mysql.VARCHAR(self.length, charset="utf8mb4", collation=exact_collation(dialect))
             )
@@ -167,6 +174,8 @@ class LongText(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in MYSQL_DIALECTS:
+            from sqlalchemy.dialects import mysql  # noqa: PLC0415 - see MYSQL_DIALECTS
+
             return dialect.type_descriptor(
                 mysql.LONGTEXT(charset="utf8mb4", collation=exact_collation(dialect))
             )
@@ -185,6 +194,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in MYSQL_DIALECTS:
+            from sqlalchemy.dialects import mysql  # noqa: PLC0415 - see MYSQL_DIALECTS
+
             # MySQL's DATETIME keeps whole seconds unless asked for microseconds.
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return super().load_dialect_impl(dialect)
@@ -506,6 +517,8 @@ Row = Mapping[str, Any] | RowMapping
 
 # How an export column is typed (Parquet) and treated on the way out.
 STR, INT, BOOL, TS, JSON, TEXT, LEN = "str", "int", "bool", "ts", "json", "text", "len"
+EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+"""The export's formats (here, with the column types, so the CLI need not load the export)."""
 
 
 @dataclass(frozen=True)
@@ -663,6 +676,12 @@ class Kind:
             .where(self.table.c.thread_id.in_(list(thread_ids)))
             .order_by(self.time, self.id)
         )
+
+    def count_by_thread(self, conn: Connection, thread_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of this child kind per thread (threads without any left out), one query."""
+        column = self.table.c.thread_id
+        query = select(column, func.count()).where(column.in_(thread_ids)).group_by(column)
+        return {tid: int(n) for tid, n in conn.execute(query)}
 
 
 def _thread_record(values: dict[str, Any]) -> dict[str, Any]:
@@ -903,6 +922,8 @@ KINDS: tuple[Kind, ...] = (THREADS, MESSAGES, RUNS, RUN_STEPS, ASSISTANTS, DELET
 THREAD_CHILDREN: tuple[Kind, ...] = tuple(k for k in KINDS if k.child_of_thread)
 """The kinds removed, archived and counted with their thread."""
 _BY_NAME = {name: k for k in KINDS for name in (k.name, *k.aliases)}
+KIND_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+"""Every name :func:`kind` accepts, aliases included, in declaration order (export's tables)."""
 
 
 def kind(name: str) -> Kind:

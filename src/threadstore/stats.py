@@ -11,7 +11,7 @@ passed) or it has none and it has been idle longer than ``older_than``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,10 +23,10 @@ from .errors import ConfigError
 from .models import (
     DELETIONS,
     KINDS,
+    MESSAGES,
     RUNS,
     THREADS,
     deletions,
-    messages,
     runs,
     sweeps,
     threads,
@@ -35,7 +35,7 @@ from .models import (
 
 __all__ = ["LOST_CREATE_AFTER", "Stats", "ThreadCounts", "compute", "thread_counts"]
 
-DEFAULT_OLDER_THAN = timedelta(days=7)
+DEFAULT_OLDER_THAN = rules.DEFAULT_OLDER_THAN
 SWEEP_COUNTS = ("expired", "deleted", "already_gone", "failed", "skipped", "lost_creates")
 LOST_CREATE_AFTER = timedelta(hours=1)
 """An intent row this old is a create whose answer was lost: a create takes seconds."""
@@ -254,21 +254,11 @@ class ThreadCounts:
     runs: int = 0
 
 
-def count_by_thread(conn: Connection, table: Any, thread_ids: Sequence[str]) -> dict[str, int]:
-    """Rows of ``table`` (messages or runs) per thread, in one grouped query."""
-    query = (
-        select(table.c.thread_id, func.count())
-        .where(table.c.thread_id.in_(thread_ids))
-        .group_by(table.c.thread_id)
-    )
-    return {tid: int(n) for tid, n in conn.execute(query)}
-
-
 def thread_counts(conn: Connection, thread_ids: Iterable[str]) -> Mapping[str, ThreadCounts]:
     """Message and run counts for the given threads, in two grouped queries."""
     ids = list(thread_ids)
     if not ids:
         return {}
-    n_msg = count_by_thread(conn, messages, ids)
-    n_run = count_by_thread(conn, runs, ids)
+    n_msg = MESSAGES.count_by_thread(conn, ids)
+    n_run = RUNS.count_by_thread(conn, ids)
     return {i: ThreadCounts(n_msg.get(i, 0), n_run.get(i, 0)) for i in ids}

@@ -46,7 +46,7 @@ from sqlalchemy import (
 
 from . import _rules as rules
 from . import db
-from ._rules import ThreadStatus
+from ._rules import DEFAULT_OLDER_THAN, ThreadStatus
 from .codec import Codec, refuse_nul
 from .errors import (
     ConfigError,
@@ -58,8 +58,6 @@ from .errors import (
     ThreadExpired,
     ThreadNotFound,
 )
-from .export import ExportOptions, Progress, count_rows
-from .export import export as export_table
 from .models import (
     ASSISTANTS,
     KINDS,
@@ -82,8 +80,6 @@ from .models import (
 )
 from .models import assistants as assistants_table
 from .remote import TERMINAL_RUN_STATUSES, DashScopeRemote, Remote, RemoteMessage, RemoteRun
-from .stats import DEFAULT_OLDER_THAN, Stats, ThreadCounts, thread_counts
-from .stats import compute as compute_stats
 from .sweep import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTENT_AGE,
@@ -98,10 +94,16 @@ from .sweep import (
 )
 from .sweep import Progress as SweepProgress
 from .trust import Trust, scope_error
-from .verify import VerifyReport, verify_mirror
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
+
+    from .export import ExportOptions, Progress
+    from .stats import Stats, ThreadCounts
+    from .verify import VerifyReport
+
+# export, stats and verify are imported by the methods that use them: a sweep (a
+# cron job started every few minutes) needs none of them at start-up.
 
 __all__ = ["ThreadStore"]
 
@@ -825,6 +827,8 @@ class ThreadStore:
 
     def thread_counts(self, thread_ids: Sequence[str]) -> Mapping[str, ThreadCounts]:
         """Message and run counts per thread (two grouped queries, not one per thread)."""
+        from .stats import thread_counts  # noqa: PLC0415 - see the imports
+
         with self._read() as conn:
             return thread_counts(conn, thread_ids)
 
@@ -1004,6 +1008,8 @@ class ThreadStore:
         trusted (nothing fixed). ``progress(checked, total)``
         follows along. See :mod:`threadstore.verify`.
         """
+        from .verify import verify_mirror  # noqa: PLC0415 - see the imports
+
         return verify_mirror(
             self.engine,
             self.remote,
@@ -1170,6 +1176,9 @@ class ThreadStore:
         Instead of the keywords, an :class:`~threadstore.export.ExportOptions` may
         be passed as ``options``.
         """
+        from .export import ExportOptions  # noqa: PLC0415 - see the imports
+        from .export import export as export_table  # noqa: PLC0415
+
         if options is None:
             options = ExportOptions(
                 table=table,
@@ -1186,13 +1195,17 @@ class ThreadStore:
 
     def count_export(self, options: ExportOptions) -> int:
         """How many rows :meth:`export` would write with ``options`` (a progress total)."""
+        from .export import count_rows  # noqa: PLC0415 - see the imports
+
         return count_rows(self.engine, options)
 
     def stats(self, *, older_than: timedelta = DEFAULT_OLDER_THAN) -> Stats:
         """Counts for humans and monitors: threads (expired by ``older_than``),
         failed deletions, messages, runs, tokens, recent deletions."""
+        from .stats import compute  # noqa: PLC0415 - see the imports
+
         with self._read() as conn:
-            return compute_stats(conn, older_than=older_than)
+            return compute(conn, older_than=older_than)
 
     def start_sweeper(
         self,

@@ -83,7 +83,6 @@ from .errors import (
 )
 from .models import THREAD_CHILDREN, THREADS, deletions, sweeps, threads, utcnow
 from .remote import Remote
-from .stats import count_by_thread
 from .trust import BREAKER, Trust, scope_error
 
 __all__ = [
@@ -210,7 +209,7 @@ def _remove_many(
         counts = archive.write(conn, rows, results)
     else:
         counts = {
-            kind.name: count_by_thread(conn, kind.table, ids)
+            kind.name: kind.count_by_thread(conn, ids)
             for kind in THREAD_CHILDREN
             if kind.deletion_count
         }
