@@ -183,11 +183,13 @@ def test_stats_does_not_load_prometheus_client_or_tqdm(sqlite_url: str) -> None:
     """`threadstore stats` starts lean: the metrics and progress libraries load only when used."""
     ThreadStore(sqlite_url, remote=FakeRemote()).close()
     code = (
-        "import sys\n"
+        "import atexit, sys\n"
         "from threadstore.cli import main\n"
         f"sys.argv = ['threadstore', '--db', {sqlite_url!r}, 'stats']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('LOADED', 'prometheus_client' in sys.modules, 'tqdm' in sys.modules)\n"
+        # main() ends the process; atexit handlers still run, after the command.
+        "atexit.register(lambda: print('LOADED', 'prometheus_client' in sys.modules,"
+        " 'tqdm' in sys.modules))\n"
+        "main()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)

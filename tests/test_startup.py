@@ -4,13 +4,21 @@
 and `sweep` load neither cryptography (unless a key is set), the exporter, stats,
 verify nor the MySQL dialect; importing threadstore leaves the garbage collector
 as it found it.
+
+A command's process ends as soon as the command is done (``os._exit`` after the
+atexit handlers and a flush): whatever it wrote still arrives complete, the exit
+status is the command's, and a non-daemon thread still alive is waited for.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -181,3 +189,129 @@ def test_public_names_loaded_on_demand_import_from_a_fresh_process() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+# --------------------------------------------------------------------------- ending
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store whose messages export is megabytes: many pipe buffers, many flushes."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('big') / 'big.db'}"
+    with ThreadStore(url, remote=FakeRemote()) as store:
+        for i in range(150):
+            tid = store.create_thread(user_id=f"u{i % 3}").thread_id
+            for j in range(10):
+                store.add_message(tid, f"{i}-{j} " + "lorem ipsum " * 150)
+    return url
+
+
+EXPORT = [sys.executable, "-m", "threadstore", "export", "messages"]
+
+
+def _check_messages(lines: list[str]) -> None:
+    assert len(lines) == 1500
+    assert {json.loads(line)["content"].split()[0] for line in lines} == {
+        f"{i}-{j}" for i in range(150) for j in range(10)
+    }
+
+
+def test_an_export_to_a_slow_pipe_reader_arrives_complete(big_store: str) -> None:
+    """Every row reaches a reader that takes its time; then exit 0 and the summary line."""
+    proc = subprocess.Popen([*EXPORT, "--db", big_store], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env())
+    assert proc.stdout is not None
+    chunks = []
+    while chunk := proc.stdout.read(64 * 1024):
+        chunks.append(chunk)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err.decode().splitlines() == ["exported 1,500 messages to stdout"]
+    _check_messages(b"".join(chunks).decode().splitlines())
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_export_redirected_to_a_file_arrives_complete(
+    big_store: str, tmp_path: Path, fmt: str
+) -> None:
+    """`threadstore export > file` (stdout a regular file): nothing left in a buffer."""
+    out = tmp_path / f"out.{fmt}"
+    with out.open("wb") as fh:
+        done = subprocess.run([*EXPORT, "--db", big_store, "--format", fmt], stdout=fh,
+                              stderr=subprocess.PIPE, text=True, env=_env(), timeout=120,
+                              check=False)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text(encoding="utf-8")
+    if fmt == "jsonl":
+        _check_messages(text.splitlines())
+    else:
+        header, *rows = csv.reader(io.StringIO(text, newline=""))
+        content = header.index("content")
+        _check_messages([json.dumps({"content": row[content]}) for row in rows])
+
+
+def _run_main(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (which sets things up), then ``threadstore.cli.main()`` with ``argv``."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from threadstore.cli import main\n"
+        f"{code}\n"
+        f"sys.argv = ['threadstore', *{list(argv)!r}]\n"
+        "main()\n"
+        "print('NOT REACHED')\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False, env=_env())
+
+
+def test_atexit_handlers_run_and_their_output_arrives(big_store: str, tmp_path: Path) -> None:
+    """Handlers registered before and during a command run, in order, and may still print."""
+    marker = tmp_path / "handler-ran"
+    code = (
+        "atexit.register(lambda: print('registered before'))\n"
+        "from threadstore.store import ThreadStore\n"
+        "close = ThreadStore.close\n"
+        "def closing(self):\n"
+        "    atexit.register(lambda: print('registered during'))\n"
+        f"    atexit.register(open({str(marker)!r}, 'w').write, 'done')\n"
+        "    close(self)\n"
+        "ThreadStore.close = closing\n"
+    )
+    done = _run_main(code, "--db", big_store, "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    stats, _, after = done.stdout.rpartition("}\n")
+    assert json.loads(stats + "}")["messages"] == 1500
+    assert after.splitlines() == ["registered during", "registered before"]
+    assert marker.read_text() == "done"  # the file written at exit was flushed and closed
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["stats"], 0), (["show", "thread_nope"], 2), (["sweep"], 2), (["--bogus"], 2)],
+    ids=["ok", "not-found", "usage", "bad-option"],
+)
+def test_the_exit_status_and_stderr_are_the_commands(
+    big_store: str, argv: list[str], status: int
+) -> None:
+    """main() ends with the command's status; errors stay one line; code after it never runs."""
+    done = _run_main("", "--db", big_store, *argv)
+    assert done.returncode == status, done.stderr
+    assert "NOT REACHED" not in done.stdout
+    if status:
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("threadstore: error: ")
+
+
+def test_a_non_daemon_thread_still_running_is_waited_for(big_store: str, tmp_path: Path) -> None:
+    """With another non-daemon thread alive, main() takes the ordinary exit, which joins it."""
+    marker = tmp_path / "thread-finished"
+    code = (
+        "def work():\n"
+        "    time.sleep(1.0)\n"
+        f"    open({str(marker)!r}, 'w').write('done')\n"
+        "threading.Thread(target=work).start()\n"
+    )
+    done = _run_main(code, "--db", big_store, "stats", "--json")
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "done"

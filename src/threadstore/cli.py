@@ -8,6 +8,7 @@ retry, 2 bad usage or configuration — never a traceback unless ``-v``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -1451,8 +1452,59 @@ def show_command(obj: Context, thread_id: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="threadstore")
+    """Console-script entry point: run the command, then end the process at once.
+
+    Once the command is done — its output flushed, its store closed, the exit
+    status decided — there is nothing left for the interpreter's own teardown
+    (tens of milliseconds freeing every module's objects) to do but to delay a
+    cron job or a pipeline. So the atexit handlers run (logging's flush among
+    them), stdout and stderr are flushed, and the process ends with
+    :func:`os._exit`. Only from the main thread, with no other non-daemon thread
+    alive; otherwise, or for a non-numeric exit status, the usual
+    :class:`SystemExit` and interpreter exit.
+
+    Code after ``main()`` therefore does not run: to run a command in process and
+    go on, call ``cli.main(args)`` (it raises :class:`SystemExit`) or use click's
+    ``CliRunner``.
+    """
+    try:
+        cli(prog_name="threadstore")
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+        if not isinstance(code, int) or not _alone():
+            raise
+        _end_process(code)
+
+
+def _alone() -> bool:
+    """True in the main thread when no other non-daemon thread is alive.
+
+    The interpreter would wait for such a thread before exiting; so do we, by
+    taking the ordinary exit.
+    """
+    main_thread = threading.main_thread()
+    return threading.current_thread() is main_thread and not any(
+        t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()
+    )
+
+
+def _end_process(code: int) -> NoReturn:
+    """What the interpreter does at exit that matters here, then ``os._exit(code)``."""
+    atexit._run_exitfuncs()  # logging.shutdown, coverage, users' handlers: as at exit
+    try:
+        for out in (sys.stdout, sys.__stdout__):  # what the handlers may have printed
+            if out is not None and not out.closed:
+                out.flush()
+    except BrokenPipeError:  # the reader left: the SIGPIPE convention, quietly
+        code = EXIT_SIGPIPE
+    except OSError as exc:  # e.g. a full disk under `> file`: never a silent loss
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"threadstore: error: cannot write to stdout: {exc}\n")
+        code = code or EXIT_FAILED
+    for err in (sys.stderr, sys.__stderr__):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            err.flush()  # type: ignore[union-attr]
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
