@@ -32,7 +32,7 @@ from datetime import timedelta
 from threadstore import DashScopeRemote, ThreadStore
 
 url, count = sys.argv[1], int(sys.argv[2])
-remote = DashScopeRemote(timeout=10)
+remote = DashScopeRemote(timeout=1)
 with ThreadStore(url, remote=remote) as store:
     print("ready", flush=True)
     for i in range(count):
@@ -42,7 +42,7 @@ with ThreadStore(url, remote=remote) as store:
         if i % 3 == 1:
             store.run(t.thread_id, assistant_id="asst_crash", poll_interval=0.01)
         if i % 4 == 2:
-            store.delete_thread(t.thread_id, lease=timedelta(seconds=0.5))
+            store.delete_thread(t.thread_id, lease=timedelta(seconds=2.1))
             print("deleted", t.thread_id, flush=True)
             continue
         print("created", t.thread_id, flush=True)
@@ -152,8 +152,9 @@ def test_sigkilled_writers_leave_no_half_written_rows(
     finished |= {line.split()[1] for line in out.splitlines() if line.startswith("created ")}
     _check_consistent(db_url, emulator, finished, kills)
 
-    # Deletes cut short hold a 0.5 s claim; once it lapses, verify --fix tidies them.
-    time.sleep(0.6)
+    # Deletes cut short hold a 2.1 s claim (over twice the writer's 1 s timeout);
+    # once it lapses, verify --fix tidies them.
+    time.sleep(2.2)
     remote = DashScopeRemote(api_key=emulator.api_key, base_url=emulator.url, timeout=5)
     with ThreadStore(db_url, remote=remote) as store:
         report = store.verify(fix=True)

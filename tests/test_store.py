@@ -221,6 +221,21 @@ def test_delete_thread_removes_remote_then_local(store: ThreadStore, emulator: E
     assert row["message_count"] == 1
 
 
+def test_delete_thread_refuses_a_lease_its_delete_could_outlive(
+    store: ThreadStore, emulator: Emulator
+) -> None:
+    """A lease not above twice the remote timeout (or not a lease): ConfigError, nothing sent."""
+    t = store.create_thread()
+    timeout = store.remote.timeout  # type: ignore[attr-defined]
+    for lease in (timedelta(seconds=2 * timeout), timedelta(0), timedelta(days=2), 60):
+        with pytest.raises(ConfigError, match="lease"):
+            store.delete_thread(t.thread_id, lease=lease)  # type: ignore[arg-type]
+    assert emulator.count("threads.delete") == 0
+    assert emulator.thread_exists(t.thread_id)
+    store.delete_thread(t.thread_id, lease=timedelta(seconds=2 * timeout + 1))
+    assert not emulator.thread_exists(t.thread_id)
+
+
 def test_failed_remote_delete_keeps_the_row(store: ThreadStore, emulator: Emulator) -> None:
     """A 500 on delete raises and keeps the local row; a retry then succeeds."""
     t = store.create_thread()
@@ -370,6 +385,7 @@ def test_database_failure_after_remote_delete_keeps_the_row_for_a_retry(
             raise OperationalError(statement, {}, Exception("disk full (injected)"))
 
     event.listen(store.engine, "before_cursor_execute", boom)
+    store.remote.timeout = 0.4  # type: ignore[attr-defined]  # a 1 s lease needs < 0.5 s
     try:
         with pytest.raises(StoreError):
             store.delete_thread(t.thread_id, lease=timedelta(seconds=1))

@@ -938,8 +938,11 @@ class ThreadStore:
         a workspace where it found another of our threads. Otherwise
         :class:`~threadstore.errors.UntrustedNotFound` is raised and the row stays;
         any other remote error leaves the row as it was and is raised.
-        :class:`ThreadExpired` if a sweep is deleting it right now.
+        :class:`ThreadExpired` if a sweep is deleting it right now. ``lease`` (how
+        long the row is claimed) must exceed twice the remote's timeout, as a
+        sweep's must (:class:`ConfigError` before anything is sent).
         """
+        check_lease(lease, self.remote)
         self._delete_via(
             thread_id,
             lambda workspace: self.remote.delete_thread(thread_id, workspace=workspace),

@@ -616,14 +616,23 @@ MAX_CONCURRENCY = 1024
 MAX_RETRY_BASE = 86400.0
 
 
+def _check_lease_range(lease: Any) -> None:
+    if not isinstance(lease, timedelta) or lease <= timedelta(0) or lease > MAX_LEASE:
+        raise ConfigError(
+            f"lease must be a positive timedelta of at most {MAX_LEASE}, not {lease!r}"
+        )
+
+
 def check_lease(lease: timedelta, remote: Remote) -> None:
     """Refuse a lease that a remote delete could outlive (ConfigError).
 
     Deletes start only in the first half of a lease; one started last may take
     the remote's whole ``timeout``. So the lease must exceed twice the timeout,
     or another sweeper could claim the row — and delete it again — while the
-    first delete is still in flight.
+    first delete is still in flight. (``ThreadStore.delete_thread`` holds its
+    lease to the same rule: after its delete, a 404 may take a canary retrieve.)
     """
+    _check_lease_range(lease)
     timeout = getattr(remote, "timeout", None)
     if (
         isinstance(timeout, int | float)
@@ -701,14 +710,7 @@ class SweepOptions:
             )
         if max_rps is not None and not _finite(max_rps, low=0, low_open=True):
             raise ConfigError(f"max_rps must be a positive finite number or None, not {max_rps!r}")
-        if (
-            not isinstance(self.lease, timedelta)
-            or self.lease <= timedelta(0)
-            or self.lease > MAX_LEASE
-        ):
-            raise ConfigError(
-                f"lease must be a positive timedelta of at most {MAX_LEASE}, not {self.lease!r}"
-            )
+        _check_lease_range(self.lease)
         if not _finite(self.retry_base, low=0, high=MAX_RETRY_BASE):
             raise ConfigError(
                 f"retry_base must be a number of seconds from 0 to {MAX_RETRY_BASE:g}, "
