@@ -123,6 +123,12 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
 
 
 @pytest.fixture
+def emu(emulator: Emulator) -> Emulator:
+    """The emulator fixture under its short name (the emulator's own tests)."""
+    return emulator
+
+
+@pytest.fixture
 def remote(emulator: Emulator) -> DashScopeRemote:
     return DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=5)
 

@@ -5,33 +5,20 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import dashscope
 import pytest
 import requests
 from dashscope import Messages, Runs, Steps, Threads
 
+from conftest import API_KEY
 from threadstore.testing.emulator import Emulator
 
 # The SDK warns "The Assistants API (dashscope.threads) is deprecated ..." on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API:DeprecationWarning")
 
-KEY = "test-key"
+KEY = API_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    """A running emulator that the SDK's global base URL points at (restored afterwards)."""
-    saved = dashscope.base_http_api_url
-    with Emulator(api_key=KEY) as emulator:
-        dashscope.base_http_api_url = emulator.url
-        try:
-            yield emulator
-        finally:
-            dashscope.base_http_api_url = saved
 
 
 def test_thread_round_trip(emu: Emulator) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import dashscope
 import pytest
 from dashscope import Assistants, Messages, Runs, Steps, Threads
 
+from conftest import API_KEY
 from threadstore.testing import OPS, Emulator
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API:DeprecationWarning")
 
-KEY = "test-key"
+KEY = API_KEY
 WEATHER = {
     "type": "function",
     "function": {
@@ -22,17 +22,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    saved = dashscope.base_http_api_url
-    with Emulator(api_key=KEY) as emulator:
-        dashscope.base_http_api_url = emulator.url
-        try:
-            yield emulator
-        finally:
-            dashscope.base_http_api_url = saved
 
 
 def test_assistants_crud_is_workspace_scoped(emu: Emulator) -> None:
