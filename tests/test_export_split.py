@@ -8,6 +8,7 @@ tests prove the bytes, the snapshot, the fallbacks and the clean-up.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import sqlite3
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import case, func
+from sqlalchemy import Integer, case, func
+from sqlalchemy import cast as sql_cast
 
 from threadstore import StoreError, ThreadStore
 from threadstore import export as export_module
@@ -28,12 +30,16 @@ from threadstore.models import utcnow
 from threadstore.testing import FakeRemote
 
 TEXTS = ['comma, "quotes"', "two\nlines\r\n", "emoji 🎉 你好", "", "back\\slash\x1f"]
+FILLER = " and so on" * 120  # long enough for a PostgreSQL page to hold a few messages
 
 
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[export_module._Worker]:
-    """Every second process an export starts (SQLite), split from the first rowid on."""
+    """Every second process an export starts (SQLite), split from the first rowid on;
+    on PostgreSQL, chunks of one page, split from two pages on."""
     monkeypatch.setattr(export_module, "SPLIT_ROWS", 1)
+    monkeypatch.setattr(export_module, "PG_CHUNK_PAGES", 1)
+    monkeypatch.setattr(export_module, "SPLIT_PAGES", 2)
     workers: list[export_module._Worker] = []
     spawn = export_module._Worker.spawn
 
@@ -47,6 +53,22 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[export_module._Worker]:
     return workers
 
 
+@pytest.fixture
+def seconds(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every second connection a PostgreSQL export reads with (in its snapshot)."""
+    found: list[Any] = []
+    second = export_module._PgCopyChunks._second
+
+    def spy(self: export_module._PgCopyChunks) -> Any:
+        conn = second(self)
+        if conn is not None:
+            found.append(conn)
+        return conn
+
+    monkeypatch.setattr(export_module._PgCopyChunks, "_second", spy)
+    return found
+
+
 def _fill(store: ThreadStore, threads: int = 6, per_thread: int = 5) -> None:
     """Threads of tricky messages and a run each; one thread deleted (a gap in the rows)."""
     ids = []
@@ -54,7 +76,8 @@ def _fill(store: ThreadStore, threads: int = 6, per_thread: int = 5) -> None:
         t = store.create_thread(user_id=f"u{i % 2}", workspace="w" if i % 3 else None)
         ids.append(t.thread_id)
         for j in range(per_thread):
-            store.add_message(t.thread_id, TEXTS[(i + j) % len(TEXTS)], metadata={"j": j})
+            text = TEXTS[(i + j) % len(TEXTS)] + (FILLER if j else "")
+            store.add_message(t.thread_id, text, metadata={"j": j})
         store.run(t.thread_id, assistant_id="asst_1", poll_interval=0.01)
     store.delete_thread(ids[2])
 
@@ -74,6 +97,7 @@ def _no_export_threads() -> bool:
 def test_split_export_writes_the_bytes_of_the_portable_path(
     db_url: str,
     spawned: list[export_module._Worker],
+    seconds: list[Any],
     monkeypatch: pytest.MonkeyPatch,
     table: str,
     fmt: str,
@@ -86,6 +110,7 @@ def test_split_export_writes_the_bytes_of_the_portable_path(
         outputs += [_export(store, table=table, fmt=fmt, batch_size=n) for n in (1, 2, 3)]
         with monkeypatch.context() as mp:
             mp.setattr(export_module, "SPLIT_ROWS", 10**12)
+            mp.setattr(export_module, "SPLIT_PAGES", 10**12)
             outputs.append(_export(store, table=table, fmt=fmt, batch_size=2))
         with monkeypatch.context() as mp:
             mp.setattr(export_module, "_sqlite_lines", lambda *a: None)
@@ -96,6 +121,8 @@ def test_split_export_writes_the_bytes_of_the_portable_path(
     if db_url.startswith("sqlite"):
         assert len(spawned) == 3  # every split export above had its second process
         assert all(w.proc.returncode == 0 for w in spawned)
+    if db_url.startswith("postgresql") and table == "messages" and fmt == "csv":
+        assert len(seconds) == 4  # every COPY export above, but the one not to split
 
 
 @pytest.mark.parametrize(
@@ -219,27 +246,35 @@ class _Closing(io.BytesIO):
 
 
 @pytest.mark.parametrize("stop", [BrokenPipeError, KeyboardInterrupt])
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
 def test_a_consumer_that_stops_ends_both_streams(
-    sqlite_url: str,
+    db_url: str,
     spawned: list[export_module._Worker],
+    seconds: list[Any],
     monkeypatch: pytest.MonkeyPatch,
     stop: type[BaseException],
 ) -> None:
-    """A closed pipe or Ctrl-C while writing: the export ends, and so do its process and threads."""
-    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+    """A closed pipe or Ctrl-C while writing: the export ends, and so do its second
+    stream (process or connection) and its threads; the store exports again."""
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # CSV as a default install writes it
+    with ThreadStore(db_url, remote=FakeRemote()) as store:
         _fill(store)
         out = _Closing()
         if stop is KeyboardInterrupt:
             monkeypatch.setattr(out, "write", _interrupt_after_first(out.write))
         with pytest.raises(stop):
             export_module.export(store.engine, out, codec=store.codec, table="messages",
-                                 batch_size=1)
-        assert len(spawned) == 1
-        assert spawned[0].proc.poll() is not None
+                                 fmt="csv", batch_size=1)
+        if db_url.startswith("sqlite"):
+            assert len(spawned) == 1
+            assert spawned[0].proc.poll() is not None
+        else:
+            assert len(seconds) == 1
+            assert seconds[0].closed
         assert _no_export_threads()
         with store.engine.connect() as conn:
             stored = conn.exec_driver_sql("SELECT count(*) FROM messages").scalar_one()
-        assert _export(store, table="messages").count(b"\n") == stored  # and exports again
+        assert store.export(io.StringIO(), table="messages", fmt="csv") == stored
 
 
 def _interrupt_after_first(write: Any) -> Any:
@@ -286,6 +321,83 @@ def test_an_in_memory_store_exports_in_one_stream(
         monkeypatch.setitem(sys.modules, "pyarrow", None)
         assert _export(store, table="messages", fmt="csv") == fast
     assert spawned == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_split_postgres_export_reads_one_snapshot_while_a_writer_commits(
+    db_url: str, spawned: list[export_module._Worker], seconds: list[Any]
+) -> None:
+    """A writer commits a new version of every message (new row versions, on any page),
+    again and again: each export has every message once, all of one version."""
+    with ThreadStore(db_url, remote=FakeRemote()) as store:
+        _fill(store)
+        with store.engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT count(*) FROM messages").scalar_one()
+        stop = threading.Event()
+
+        def write() -> None:
+            version = 0
+            with store.engine.connect() as conn:
+                while not stop.is_set():
+                    version += 1
+                    with conn.begin():
+                        conn.exec_driver_sql(
+                            "UPDATE messages SET content = %(v)s", {"v": f"v{version}"}
+                        )
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            exports = [_export(store, table="messages", fmt="csv") for _ in range(10)]
+        finally:
+            stop.set()
+            writer.join()
+    assert len(seconds) == 10
+    seen = []
+    for text in exports:
+        rows = list(csv.DictReader(io.StringIO(text.decode(), newline="")))
+        assert len(rows) == stored
+        assert len({r["message_id"] for r in rows}) == stored
+        assert len({r["content"] for r in rows}) == 1
+        seen.append(rows[0]["content"])
+    assert len(set(seen)) > 1  # the writer did commit meanwhile
+
+
+@pytest.mark.parametrize("stream", ["first connection", "second connection"])
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_failing_postgres_stream_fails_the_export_and_ends_both(
+    db_url: str,
+    spawned: list[export_module._Worker],
+    seconds: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    stream: str,
+) -> None:
+    """A server error in either COPY: one StoreError, no file, the store still exports."""
+    with ThreadStore(db_url, remote=FakeRemote()) as store:
+        _fill(store)
+        with store.engine.connect() as conn:
+            pages = dict(conn.exec_driver_sql(
+                "SELECT message_id, (ctid::text::point)[0]::int FROM messages").all())
+        # Chunks of one page: even pages on the first connection, odd on the second.
+        wanted = 0 if stream == "first connection" else 1
+        bad = next(m for m, page in sorted(pages.items(), key=lambda p: p[1])
+                   if page % 2 == wanted and page > 1)
+        cells = export_module._pg_cells
+
+        def failing(query: Any, sub: Any) -> Any:
+            broken = case((sub.c.message_id == bad, "not a number"), else_="1")
+            return [*cells(query, sub), sql_cast(broken, Integer).label("broken")]
+
+        target = tmp_path / "messages.csv"
+        with monkeypatch.context() as mp:
+            mp.setattr(export_module, "_pg_cells", failing)
+            with pytest.raises(StoreError, match=r"export of messages failed: .*not a number"):
+                store.export(target, table="messages", fmt="csv")
+        assert len(seconds) == 1
+        assert not target.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+        assert store.export(target, table="messages", fmt="csv") == len(pages)
 
 
 @pytest.fixture(autouse=True)

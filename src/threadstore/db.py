@@ -468,11 +468,18 @@ def write_retrying(
 
 
 @contextlib.contextmanager
-def read(engine: Engine) -> Iterator[Connection]:
-    """One read transaction that never takes SQLite's write lock; errors as in :func:`write`."""
+def read(engine: Engine, *, snapshot: bool = False) -> Iterator[Connection]:
+    """One read transaction that never takes SQLite's write lock; errors as in :func:`write`.
+
+    ``snapshot``: on PostgreSQL, ``REPEATABLE READ``, so that every statement reads
+    the snapshot of the first (which ``pg_export_snapshot()`` can share). SQLite's
+    read transactions are so already.
+    """
     try:
         with engine.connect() as raw:
             conn = raw.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+            if snapshot and engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
     except SQLAlchemyError as exc:

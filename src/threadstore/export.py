@@ -20,22 +20,24 @@ How fast, by path (``benchmarks/bench_export.py`` has the figures): on a SQLite
 file, SQLite renders the JSONL and CSV lines itself and Python only moves bytes;
 with the ``[export]`` extra, Arrow reads ``messages`` and ``runs`` in C for CSV
 and Parquet; on PostgreSQL (psycopg 3), CSV comes from ``COPY … TO STDOUT``.
+Everything else (other backends, encrypted values, ``redact=True``) takes the
+portable path: orjson (the json module without it) and pyarrow's CSV writer (the
+csv module without it). Every path writes the same bytes; the tests compare them.
 
 Two cores: a whole ``messages``, ``runs`` or ``steps`` table (no filter) is read
-in chunks of rowids on a SQLite file (:class:`_SqliteChunks`)
-by two streams that share one snapshot, chunk 0, 2, 4… on one and 1, 3, 5… on
-the other, each a few chunks ahead at most, written in order. On SQLite the
-second stream is a second process (:mod:`threadstore._export_worker`): threads
-would serialize on SQLite's allocator lock. Both start their read while this
-process holds the write lock for a moment (``BEGIN IMMEDIATE``). Where the split
-can't start (an in-memory or read-only database, the lock held longer than
-:data:`LOCK_WAIT`, a table under :data:`SPLIT_ROWS` rowids) one stream reads it,
-in the same order. An error in either stream fails the export (one
+in chunks — of rowids on a SQLite file (:class:`_SqliteChunks`), of pages on
+PostgreSQL ≥ 14 (:class:`_PgCopyChunks`, CSV) — by two streams that share one
+snapshot, chunk 0, 2, 4… on one and 1, 3, 5… on the other, each a few chunks
+ahead at most, written in order. On SQLite the second stream is a second process
+(:mod:`threadstore._export_worker`): threads would serialize on SQLite's
+allocator lock. Both start their read while this process holds the write lock
+for a moment (``BEGIN IMMEDIATE``). On PostgreSQL it is a second connection that
+imports the export's snapshot (``REPEATABLE READ``, ``pg_export_snapshot()``).
+Where the split can't start (an in-memory or read-only SQLite database, its lock
+held longer than :data:`LOCK_WAIT`, a table under :data:`SPLIT_ROWS` rowids or
+:data:`SPLIT_PAGES` pages, no second connection) one stream reads it, in the
+same order. An error in either stream fails the export (one
 :class:`StoreError`); a consumer that stops (closed pipe, Ctrl-C) ends both.
-Everything else (other backends, encrypted values,
-``redact=True``) takes the portable path: orjson (the json module without it)
-and pyarrow's CSV writer (the csv module without it). Every path writes the
-same bytes; the tests compare them.
 
 Timestamps in text formats are ISO 8601 in UTC with microseconds and an explicit
 offset: ``2026-01-02T03:04:05.123456+00:00``.
@@ -60,9 +62,10 @@ Order: threads, deletions, sweeps and assistants come out ordered by that time,
 then id; messages, runs and steps in storage order (roughly the order they were
 written), because sorting millions of rows would cost more than the whole
 export — sort downstream when order matters. A whole table's storage order is
-its rowid order on SQLite; with a filter (or on another database), it is the
-order in which the database reads the matching rows (an index may set it).
-Every path of one database writes the same rows in the same order.
+its rowid order on SQLite and its page order on PostgreSQL ≥ 14 (every path
+reads it in the same chunks of pages); with a filter, or on another database,
+it is the order in which the database reads the matching rows (an index may
+set it). Every path of one database writes the same rows in the same order.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import text as sql_text
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import _export_worker, db
 from . import _rules as rules
@@ -343,8 +348,14 @@ def _rowid(table: Any) -> ColumnElement[int]:
     return literal_column(f"{table.name}.rowid", Integer)
 
 
-def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[Any, ...]]]:
-    """The result in lists of up to ``size`` plain tuples, from a streaming cursor."""
+def _batches(
+    conn: Connection,
+    query: _Query,
+    size: int,
+    chunks: Sequence[tuple[str, str]] | None = None,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The result in lists of up to ``size`` plain tuples, from a streaming cursor;
+    with ``chunks`` (PostgreSQL, :func:`_pg_chunks`), chunk after chunk."""
     if query.raw_cursor:
         # A plain execute: SQLAlchemy prefetches nothing, the cursor is ours.
         result = conn.execute(query.statement)
@@ -354,23 +365,30 @@ def _batches(conn: Connection, query: _Query, size: int) -> Iterator[list[tuple[
         finally:
             result.close()
         return
+    statements = [query.statement]
+    if chunks is not None:
+        statements = [_in_chunk(query, lo, hi) for lo, hi in chunks]
     dbapi: Any = conn.connection.dbapi_connection
     if query.ts_mode == TS_ISO and hasattr(dbapi, "pgconn"):
         # psycopg 3: its own server-side cursor hands over plain tuples, built in
         # C; SQLAlchemy's rows would cost more than the rest of the export.
-        compiled = query.statement.compile(dialect=conn.dialect)
-        with dbapi.cursor(name=f"threadstore_export_{id(query):x}") as cursor:
-            cursor.execute(compiled.string, compiled.params)
-            while rows := cursor.fetchmany(size):
-                yield rows
+        for statement in statements:
+            compiled = statement.compile(dialect=conn.dialect)
+            with dbapi.cursor(name=f"threadstore_export_{id(query):x}") as cursor:
+                cursor.execute(compiled.string, compiled.params)
+                while rows := cursor.fetchmany(size):
+                    yield rows
         return
-    # yield_per: a server-side cursor where the driver has one, ``size`` rows at a time.
-    result = conn.execution_options(yield_per=size).execute(query.statement)
-    for part in result.partitions():
-        if query.ts_mode == TS_DATETIME:
-            yield [tuple(_iso_py(v) if isinstance(v, datetime) else v for v in r) for r in part]
-        else:
-            yield [tuple(r) for r in part]
+    for statement in statements:
+        # yield_per: a server-side cursor where the driver has one, ``size`` rows at a time.
+        result = conn.execution_options(yield_per=size).execute(statement)
+        for part in result.partitions():
+            if query.ts_mode == TS_DATETIME:
+                yield [
+                    tuple(_iso_py(v) if isinstance(v, datetime) else v for v in r) for r in part
+                ]
+            else:
+                yield [tuple(r) for r in part]
 
 
 # --------------------------------------------------------------------------- SQLite renders
@@ -539,14 +557,14 @@ class _Worker:
         line = self.stdout.readline() if ready else b""
         return line.decode("utf-8").strip() if line.endswith(b"\n") else None
 
-    def frames(self, chunks: int) -> Iterator[tuple[bytes, int]]:
-        """The lines and row counts of the worker's next ``chunks`` chunks."""
+    def frames(self, chunks: int) -> Iterator[tuple[bytes, int, bool]]:
+        """The lines and row counts of the worker's next ``chunks`` chunks (each ends one)."""
         for _ in range(chunks):
             rows, size = _export_worker.FRAME.unpack(self._read(_export_worker.FRAME.size))
             data = self._read(size)
             if rows == _export_worker.ERROR:
                 raise StoreError(f"database read failed: {data.decode('utf-8', 'replace')}")
-            yield data, rows
+            yield data, rows, True
 
     def _read(self, size: int) -> bytes:
         data = self.stdout.read(size)
@@ -670,7 +688,7 @@ class _SqliteChunks:
         finally:
             lock.close()
 
-    def _render(self, index: int, streams: int) -> Iterator[tuple[bytes, int]]:
+    def _render(self, index: int, streams: int) -> Iterator[tuple[bytes, int, bool]]:
         """This process's chunks (``index``, ``index + streams``, …), rendered here."""
         assert self.lo is not None  # noqa: S101 - only called with rows to read
         dbapi: Any = self.conn.connection.dbapi_connection
@@ -682,7 +700,7 @@ class _SqliteChunks:
             for first in _export_worker.chunk_starts(self.lo, self.hi, self.span, index, streams):
                 params[self.at_lo], params[self.at_hi] = first, first + self.span - 1
                 data, rows = cursor.execute(self.sql, params).fetchone()
-                yield (data + b"\n" if rows else b""), rows
+                yield (data + b"\n" if rows else b""), rows, True
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
         finally:
@@ -691,7 +709,7 @@ class _SqliteChunks:
 
     def lines(self) -> Lines:
         """Every chunk's lines and row count, in order (empty chunks left out)."""
-        streams: list[Lines] = []
+        streams: list[Generator[tuple[bytes, int, bool], None, None]] = []
         finished = False
         try:
             if self.lo is None:
@@ -705,13 +723,8 @@ class _SqliteChunks:
                     _prefetched(self._render(0, 2), depth=2),
                     _prefetched(self.worker.frames(theirs), depth=2),
                 ]
-            for stream in itertools.cycle(streams):
-                item = next(stream, None)
-                if item is None:  # stream 0 has the last chunk, or one as many as stream 1
-                    finished = True
-                    return
-                if item[1]:
-                    yield item
+            yield from _in_order(streams)
+            finished = True
         finally:
             self.close(finished=finished)  # first: a stream blocked on its pipe ends with it
             for stream in streams:
@@ -723,23 +736,8 @@ class _SqliteChunks:
             self.worker = None
 
 
-def _pg_copy(
-    conn: Connection, query: _Query, fmt: str, size: int, redact: bool
-) -> Lines | None:
-    """Batches of CSV rows from PostgreSQL's ``COPY … TO STDOUT``; None if it can't.
-
-    The server renders every row (pyarrow's CSV form: ``FORCE_QUOTE`` on the
-    string columns, NULL as an empty field), psycopg hands over one bytes object
-    per row. The query yields no row at all if any selected value is encoded
-    (checked in the same statement, so in the same snapshot): the caller then
-    takes the portable path, which also writes the header of an empty export.
-    """
-    if conn.dialect.name != "postgresql" or fmt != "csv" or redact:
-        return None
-    dbapi: Any = conn.connection.dbapi_connection
-    if not hasattr(dbapi, "cursor") or not hasattr(dbapi.cursor(), "copy"):
-        return None  # a driver other than psycopg 3
-    sub = query.statement.subquery("x")
+def _pg_cells(query: _Query, sub: Any) -> list[ColumnElement[Any]]:
+    """The export's columns as ``COPY`` writes them (lengths and booleans in SQL)."""
     spec = list(zip(query.names, query.kinds, strict=True))
     text = next((sub.c[n] for n, k in spec if k == TEXT), None)
     cells: list[ColumnElement[Any]] = []
@@ -750,25 +748,208 @@ def _pg_copy(
         elif kind == BOOL:
             col = case((col == 1, "true"), (col == 0, "false"))
         cells.append(col.label(name))
-    statement = select(*cells).select_from(sub)
+    return cells
+
+
+def _pg_copy(
+    engine: Engine,
+    conn: Connection,
+    query: _Query,
+    fmt: str,
+    size: int,
+    redact: bool,
+    chunks: Sequence[tuple[str, str]] | None = None,
+) -> Lines | None:
+    """Batches of CSV rows from PostgreSQL's ``COPY … TO STDOUT``; None if it can't.
+
+    The server renders every row (pyarrow's CSV form: ``FORCE_QUOTE`` on the
+    string columns, NULL as an empty field), psycopg hands over one bytes object
+    per row. None as well if any selected value is encoded (checked in the
+    export's snapshot): the caller then takes the portable path, which also
+    writes the header of an empty export. With ``chunks`` (a whole table, see
+    :func:`_pg_chunks`), one ``COPY`` per chunk, by two connections when the
+    table is large enough (:class:`_PgCopyChunks`).
+    """
+    if conn.dialect.name != "postgresql" or fmt != "csv" or redact:
+        return None
+    dbapi: Any = conn.connection.dbapi_connection
+    if not hasattr(dbapi, "cursor") or not hasattr(dbapi.cursor(), "copy"):
+        return None  # a driver other than psycopg 3
+    spec = list(zip(query.names, query.kinds, strict=True))
+    quoted = ", ".join(f'"{n}"' for n, k in spec if k not in (INT, LEN, BOOL))
+    options = f"TO STDOUT WITH (FORMAT csv, FORCE_QUOTE ({quoted}))"
+    if chunks is not None:
+        if query.encoded is not None and conn.execute(query.encoded).first() is not None:
+            return None
+        sub = _in_chunk(query, *chunks[0]).subquery("x")
+        compiled = select(*_pg_cells(query, sub)).select_from(sub).compile(dialect=conn.dialect)
+        copy = _PgCopyChunks(engine, conn, f"COPY ({compiled.string}) {options}",
+                             compiled.params, chunks, size)
+        return copy.lines()
+    sub = query.statement.subquery("x")
+    statement = select(*_pg_cells(query, sub)).select_from(sub)
     if query.encoded is not None:
+        # In the same statement, so in the same snapshot.
         statement = statement.where(~query.encoded.exists())
     compiled = statement.compile(dialect=conn.dialect)
-    quoted = ", ".join(f'"{n}"' for n, k in spec if k not in (INT, LEN, BOOL))
-    sql = f"COPY ({compiled.string}) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE ({quoted}))"
+    sql = f"COPY ({compiled.string}) {options}"
+    error = engine.dialect.loaded_dbapi.Error
 
     def batches() -> Iterator[tuple[bytes, int]]:
-        with dbapi.cursor() as cursor, cursor.copy(sql, compiled.params) as copy:
-            read = copy.read
-            while True:
-                rows: list[bytes] = []
-                while len(rows) < size and (row := read()):
-                    rows.append(row)
-                if not rows:
-                    return
-                yield b"".join(rows), len(rows)
+        try:
+            for data, rows, _ in _copy_rows(dbapi, sql, [compiled.params], size):
+                if rows:
+                    yield data, rows
+        except error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
 
     return _prefetched(batches())
+
+
+def _copy_rows(
+    dbapi: Any, sql: str, params: Sequence[dict[str, Any]], size: int
+) -> Iterator[tuple[bytes, int, bool]]:
+    """``COPY`` ``sql`` with each of ``params`` in turn: batches of up to ``size`` rows,
+    each flagged True if it ends a ``COPY``. Closed early, the ``COPY`` is cancelled."""
+    with dbapi.cursor() as cursor:
+        for chunk_params in params:
+            with cursor.copy(sql, chunk_params) as copy:
+                read = copy.read
+                while True:
+                    rows: list[bytes] = []
+                    while len(rows) < size and (row := read()):
+                        rows.append(row)
+                    last = len(rows) < size
+                    yield b"".join(rows), len(rows), last
+                    if last:
+                        break
+
+
+PG_CHUNK_PAGES = 1024
+"""Heap pages per chunk of a whole-table PostgreSQL export (8 MB of table)."""
+SPLIT_PAGES = 4096
+"""Heap pages from which a whole-table PostgreSQL export is read by two connections."""
+_NO_PAGE = 4294967295  # past the last possible page: the last chunk is open-ended
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+def _pg_chunks(conn: Connection, query: _Query) -> list[tuple[str, str]] | None:
+    """The ``ctid`` bounds of a whole-table PostgreSQL export's chunks, in page order;
+    None where it is not one (filters, other databases) or the server has no TID
+    range scans (before PostgreSQL 14): then one statement reads it.
+
+    Read in the export's snapshot, from the table's size now: pages added since
+    hold no row the snapshot sees, and the last chunk is open-ended anyway.
+    """
+    version = conn.dialect.server_version_info or (0,)
+    if conn.dialect.name != "postgresql" or not query.whole_table or version < (14,):
+        return None
+    table = declared_kind(query.table).table.name
+    pages = conn.execute(
+        sql_text(
+            "SELECT pg_relation_size(CAST(:t AS regclass))"
+            " / current_setting('block_size')::int"
+        ).bindparams(t=table)
+    ).scalar_one()
+    starts = list(range(0, max(int(pages), 1), PG_CHUNK_PAGES))
+    ends = [*starts[1:], _NO_PAGE]
+    return [(f"({lo},0)", f"({hi},0)") for lo, hi in zip(starts, ends, strict=True)]
+
+
+def _in_chunk(query: _Query, lo: str, hi: str) -> Select[Any]:
+    """``query`` restricted to the rows whose ``ctid`` is in ``[lo, hi)`` (PostgreSQL)."""
+    table = declared_kind(query.table).table.name
+    return query.statement.where(
+        sql_text(
+            f"{table}.ctid >= CAST(:chunk_lo AS tid) AND {table}.ctid < CAST(:chunk_hi AS tid)"
+        )
+        .bindparams(chunk_lo=lo, chunk_hi=hi)
+    )
+
+
+class _PgCopyChunks:
+    """A whole PostgreSQL table's CSV, one ``COPY`` per chunk of pages, in page order.
+
+    Each chunk is a TID range scan, which reads its pages in order: chunks in page
+    order are the table in storage order, the order of the portable path (which
+    reads the same chunks, :func:`_batches`). From :data:`SPLIT_PAGES` pages on,
+    a second connection imports the export's snapshot (``pg_export_snapshot()``,
+    ``SET TRANSACTION SNAPSHOT``: both read one snapshot) and copies the odd
+    chunks while the export's own connection copies the even ones: two server
+    processes render at once. If the second connection can't be had, one reads all.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn: Connection,
+        sql: str,
+        params: dict[str, Any],
+        chunks: Sequence[tuple[str, str]],
+        size: int,
+    ) -> None:
+        self.engine, self.conn, self.sql, self.size = engine, conn, sql, size
+        self.params = [params | {"chunk_lo": lo, "chunk_hi": hi} for lo, hi in chunks]
+        self.error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+    def _second(self) -> Connection | None:
+        """A second connection in the export's snapshot, or None."""
+        if len(self.params) < 2 or len(self.params) * PG_CHUNK_PAGES < SPLIT_PAGES:
+            return None
+        # Not caught: an error would leave the export's transaction aborted anyway.
+        snapshot = self.conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+        if not _SNAPSHOT_ID.fullmatch(str(snapshot)):
+            return None
+        second: Connection | None = None
+        try:
+            second = self.engine.connect()
+            conn = second.execution_options(isolation_level="REPEATABLE READ")
+            conn.begin()
+            conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        except SQLAlchemyError as exc:
+            log.debug("export reads on one connection: %s", exc)
+            if second is not None:
+                second.close()
+            return None
+        return conn
+
+    def _stream(self, conn: Connection, params: Sequence[dict[str, Any]]) -> Iterator[Any]:
+        try:
+            yield from _copy_rows(conn.connection.dbapi_connection, self.sql, params, self.size)
+        except self.error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+
+    def lines(self) -> Lines:
+        second = self._second()
+        streams: list[Generator[tuple[bytes, int, bool], None, None]] = []
+        try:
+            if second is None:
+                streams = [_prefetched(self._stream(self.conn, self.params))]
+            else:
+                streams = [
+                    _prefetched(self._stream(self.conn, self.params[0::2]), depth=2),
+                    _prefetched(self._stream(second, self.params[1::2]), depth=2),
+                ]
+            yield from _in_order(streams)
+        finally:
+            for stream in streams:
+                stream.close()
+            if second is not None:
+                with contextlib.suppress(SQLAlchemyError):
+                    second.close()
+
+
+def _in_order(streams: Sequence[Iterator[tuple[bytes, int, bool]]]) -> Lines:
+    """Chunk 0 from ``streams[0]``, chunk 1 from ``streams[1]``, … round the streams:
+    each stream's batches, the last of a chunk flagged True. Ends with the
+    chunks (a stream that has no next chunk); empty batches are left out."""
+    turn = 0
+    while (item := next(streams[turn], None)) is not None:
+        data, rows, last = item
+        if rows:
+            yield data, rows
+        if last:
+            turn = (turn + 1) % len(streams)
 
 
 # --------------------------------------------------------------------------- values
@@ -1442,10 +1623,11 @@ def export(
                         progress(written)
                 writer.close()
             else:
-                with db.read(engine) as conn:
+                with db.read(engine, snapshot=True) as conn:
+                    chunks = _pg_chunks(conn, query)
                     lines = _sqlite_lines(engine, conn, query, fmt, batch_size, redact)
                     if lines is None:
-                        lines = _pg_copy(conn, query, fmt, batch_size, redact)
+                        lines = _pg_copy(engine, conn, query, fmt, batch_size, redact, chunks)
                     # Closed here, not when garbage: its threads and processes end with it.
                     with contextlib.closing(lines or _nothing()) as rendered:
                         for data, n in rendered:
@@ -1457,7 +1639,7 @@ def export(
                                 progress(written)
                     if not written:  # no fast path, or nothing (or encoded values) in it
                         writer = _writer(fmt, sink, query, codec, redact)
-                        for rows in _batches(conn, query, batch_size):
+                        for rows in _batches(conn, query, batch_size, chunks):
                             writer.write(rows)
                             written += len(rows)
                             if progress is not None:
