@@ -527,7 +527,7 @@ class _Worker:
         this platform or interpreter can't run one (the export then reads alone)."""
         if os.name != "posix" or getattr(sys, "frozen", False) or not sys.executable:
             return None
-        try:
+        try:  # OSError also if the program's source can't be read (a zipped install)
             proc = subprocess.Popen(  # noqa: S603 - our interpreter, our program
                 [sys.executable, "-I", "-S", "-c", _worker_source()],
                 stdin=subprocess.PIPE,
