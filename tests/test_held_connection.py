@@ -97,3 +97,27 @@ def test_a_forked_child_writes_through_its_own_connection(sqlite_url: str) -> No
         assert _count(store) == 11
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def test_a_create_waits_for_another_writer_instead_of_failing(sqlite_url: str) -> None:
+    """Another process holding SQLite's write lock: the create waits for it, then lands."""
+    import sqlite3
+    import time
+
+    with ThreadStore(sqlite_url, remote=FakeRemote()) as store:
+        store.create_thread(user_id="first")
+        other = sqlite3.connect(
+            sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+        release.start()
+        started = time.monotonic()
+        try:
+            created = store.create_thread(user_id="second")
+        finally:
+            release.join()
+            other.close()
+        assert time.monotonic() - started >= 0.25  # it waited for the lock
+        assert store.get_thread(created.thread_id).user_id == "second"
+        assert _count(store) == 2

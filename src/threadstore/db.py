@@ -386,8 +386,29 @@ def _checkout(engine: Engine) -> Any:
         raise StoreError(f"database write failed: {_short(exc)}") from exc
 
 
+def write_one(
+    engine: Engine,
+    stmt: ClauseElement,
+    values: Mapping[str, Any],
+    *,
+    insert: bool = False,
+    held: HeldConnection | None = None,
+) -> int:
+    """:func:`write_fast` for one statement; the rows it changed.
+
+    On SQLite the statement runs on its own in autocommit mode: one statement is
+    one transaction there (atomic, and waiting for the write lock as ``BEGIN
+    IMMEDIATE`` would), so an explicit ``BEGIN`` and ``COMMIT`` would only add two
+    driver calls to every create.
+    """
+    with write_fast(engine, held, single=True) as tx:
+        return tx.run(stmt, values, insert=insert)
+
+
 @contextlib.contextmanager
-def write_fast(engine: Engine, held: HeldConnection | None = None) -> Iterator[DriverTx]:
+def write_fast(
+    engine: Engine, held: HeldConnection | None = None, *, single: bool = False
+) -> Iterator[DriverTx]:
     """:func:`write` for a few fixed statements on a hot path (a create's two steps).
 
     The same transaction (``BEGIN IMMEDIATE`` on SQLite), errors and rollback, but
@@ -396,6 +417,7 @@ def write_fast(engine: Engine, held: HeldConnection | None = None) -> Iterator[D
     for module-level statements (cached by identity). With statement listeners on
     the engine (or ``echo``), it is :func:`write` itself, so that they see everything.
     ``held``: use that connection when it is free instead of the pool's.
+    ``single``: the block runs one statement (see :func:`write_one`).
     """
     if engine.echo or engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute:
         # Someone watches the statements (logging, tracing, a test's fault
@@ -406,20 +428,23 @@ def write_fast(engine: Engine, held: HeldConnection | None = None) -> Iterator[D
     with contextlib.nullcontext(None) if held is None else held.borrow() as kept:
         raw = kept if kept is not None else _checkout(engine)
         try:
-            yield from _driver_tx(engine, raw)
+            yield from _driver_tx(engine, raw, single=single)
         finally:
             if kept is None:
                 raw.close()
 
 
-def _driver_tx(engine: Engine, raw: Any) -> Iterator[DriverTx]:
+def _driver_tx(engine: Engine, raw: Any, *, single: bool) -> Iterator[DriverTx]:
     dbapi_error = engine.dialect.loaded_dbapi.Error
+    # The connect hook puts SQLite connections in autocommit mode (BEGIN is ours).
+    autocommit = single and engine.dialect.name == "sqlite"
     try:
         cursor = raw.cursor()
-        if engine.dialect.name == "sqlite":
+        if engine.dialect.name == "sqlite" and not autocommit:
             cursor.execute("BEGIN IMMEDIATE")
         yield DriverTx(engine, cursor)
-        raw.commit()
+        if not autocommit:
+            raw.commit()
     except BaseException as exc:
         try:
             raw.rollback()

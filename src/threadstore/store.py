@@ -435,10 +435,12 @@ class ThreadStore:
             "status": ThreadStatus.CREATING.value,
             "ttl_seconds": int(ttl.total_seconds()) if ttl else None,
         }
-        # Both steps run on the driver (db.write_fast): this is the one local cost
+        # Both steps run on the driver (db.write_one): this is the one local cost
         # every create pays, twice, and SQLAlchemy's per-statement work was most of it.
-        with db.write_fast(self.engine, self._held) as tx:
-            tx.run(_INSERT_INTENT, THREADS.row(intent, self.codec), insert=True)
+        db.write_one(
+            self.engine, _INSERT_INTENT, THREADS.row(intent, self.codec), insert=True,
+            held=self._held,
+        )
         try:
             remote = self.remote.create_thread(
                 messages=initial or None, metadata=dict(metadata or {}) or None, workspace=workspace
@@ -470,8 +472,7 @@ class ThreadStore:
                     if done == 1:
                         self._insert_new_messages(conn, remote.id, first)
             else:
-                with db.write_fast(self.engine, self._held) as tx:
-                    done = tx.run(_ACTIVATE_INTENT, values)
+                done = db.write_one(self.engine, _ACTIVATE_INTENT, values, held=self._held)
             if done != 1:
                 raise StoreError(f"the intent row for {remote.id} vanished")
         except BaseException as exc:
