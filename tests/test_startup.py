@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -315,3 +316,20 @@ def test_a_non_daemon_thread_still_running_is_waited_for(big_store: str, tmp_pat
     done = _run_main(code, "--db", big_store, "stats", "--json")
     assert done.returncode == 0, done.stderr
     assert marker.read_text() == "done"
+
+
+def test_a_profiler_wrapping_the_cli_still_writes_its_profile(
+    big_store: str, tmp_path: Path
+) -> None:
+    """`python -m cProfile -o FILE -m threadstore …`: the command's process ends the usual
+    way under a profiler, so the profile is written."""
+    out = tmp_path / "stats.prof"
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "threadstore", "--db",
+         big_store, "stats", "--json"],
+        capture_output=True, text=True, timeout=120, check=False, env=_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messages"] == 1500
+    stats = pstats.Stats(str(out))
+    assert any("threadstore" in filename for filename, _, _ in stats.stats)  # type: ignore[attr-defined]

@@ -1460,8 +1460,10 @@ def main() -> None:
     cron job or a pipeline. So the atexit handlers run (logging's flush among
     them), stdout and stderr are flushed, and the process ends with
     :func:`os._exit`. Only from the main thread, with no other non-daemon thread
-    alive; otherwise, or for a non-numeric exit status, the usual
-    :class:`SystemExit` and interpreter exit.
+    alive, and with no profiler, tracer or debugger attached (``python -m
+    cProfile``, pyinstrument, pdb report or stop after the program returns);
+    otherwise, or for a non-numeric exit status, the usual :class:`SystemExit`
+    and interpreter exit.
 
     Code after ``main()`` therefore does not run: to run a command in process and
     go on, call ``cli.main(args)`` (it raises :class:`SystemExit`) or use click's
@@ -1471,7 +1473,7 @@ def main() -> None:
         cli(prog_name="threadstore")
     except SystemExit as exc:
         code = 0 if exc.code is None else exc.code
-        if not isinstance(code, int) or not _alone():
+        if not isinstance(code, int) or not _alone() or _observed():
             raise
         _end_process(code)
 
@@ -1486,6 +1488,11 @@ def _alone() -> bool:
     return threading.current_thread() is main_thread and not any(
         t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()
     )
+
+
+def _observed() -> bool:
+    """True under a profiler, tracer or debugger, which has work to do once we return."""
+    return sys.getprofile() is not None or sys.gettrace() is not None
 
 
 def _end_process(code: int) -> NoReturn:
