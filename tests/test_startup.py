@@ -79,6 +79,19 @@ def test_stats_imports_no_demo_emulator_or_scheduler(tmp_path: Path) -> None:
     assert _loaded(imported, HEAVY) == []
 
 
+@pytest.mark.parametrize("command", [["stats"], ["list"], ["export", "messages"]])
+def test_commands_that_never_call_dashscope_load_no_http_client(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`stats`, `list` and `export` load neither requests nor cryptography."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with ThreadStore(url, remote=FakeRemote()) as store:
+        store.add_message(store.create_thread(user_id="u").thread_id, "hello")
+    done, imported = _imported(["-m", "threadstore", "--db", url, *command], _env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _loaded(imported, ("requests", "urllib3", "cryptography")) == []
+
+
 @pytest.mark.parametrize(
     "args",
     [["-c", "import threadstore"], ["-m", "threadstore", "--help"],

@@ -29,11 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ProtocolError
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from .errors import (
     ConfigError,
@@ -45,6 +41,13 @@ from .errors import (
     UntrustedNotFound,
 )
 from .models import MessageRecord, RunRecord, utcnow
+
+if TYPE_CHECKING:
+    import requests
+
+# requests (with urllib3) is imported where a request is made, or where an
+# exception is translated: a command that never talks to DashScope (export,
+# stats, list, show) does not pay for it at start-up.
 
 __all__ = [
     "TERMINAL_RUN_STATUSES",
@@ -77,6 +80,7 @@ def _sdk() -> Any:
 
 @cache
 def _sdk_errors() -> tuple[type[BaseException], ...]:
+    import requests  # noqa: PLC0415 - see the imports
     from dashscope.common.error import AuthenticationError, InputRequired  # noqa: PLC0415
 
     return (
@@ -333,6 +337,8 @@ def error_from_status(
 def _translate_exception(
     exc: BaseException, operation: str, thread_id: str | None
 ) -> ThreadStoreErrorLike:
+    import requests  # noqa: PLC0415 - see the imports
+
     about = f" for {thread_id}" if thread_id else ""
     # The SDK's own exceptions can only come from SDK calls, i.e. once it is loaded.
     sdk_errors = _sdk_errors() if _loaded_sdk() is not None else ()
@@ -379,6 +385,8 @@ def _key_leak(
     key would land in any traceback an application logs. Such a key is never
     going to work: an auth error (the sweep stops), not a transient one.
     """
+    import requests  # noqa: PLC0415 - see the imports
+
     text = str(exc)
     if isinstance(exc, requests.exceptions.InvalidHeader) or (key and key in text):
         where = f" for {about}" if about else ""
@@ -393,6 +401,8 @@ def _key_leak(
 
 def _dropped_mid_request(exc: requests.ConnectionError) -> bool:
     """True if the connection broke after the request went out (not a refused connect)."""
+    from urllib3.exceptions import MaxRetryError, ProtocolError  # noqa: PLC0415
+
     reason = exc.args[0] if exc.args else None
     if isinstance(reason, MaxRetryError):
         reason = reason.reason
@@ -646,6 +656,8 @@ class DashScopeRemote:
 
     def delete_thread(self, thread_id: str, *, workspace: str | None = None) -> None:
         """``DELETE threads/{id}`` over the pooled session; 404 raises RemoteNotFound."""
+        import requests  # noqa: PLC0415 - see the imports
+
         operation = "threads.delete"
         if self._delete_key is None:
             # Resolved once: the sweep deletes by the thousand, and the key may
@@ -693,6 +705,9 @@ class DashScopeRemote:
     def _pooled(self) -> requests.Session:
         with self._session_lock:
             if self._session is None:
+                import requests  # noqa: PLC0415 - see the imports
+                from requests.adapters import HTTPAdapter  # noqa: PLC0415
+
                 session = requests.Session()
                 adapter = HTTPAdapter(
                     pool_connections=4, pool_maxsize=self._pool_size, max_retries=0
@@ -838,6 +853,8 @@ def outcome_unknown(exc: BaseException) -> bool:
 
         if isinstance(exc, DashScopeException):
             return False
+    import requests  # noqa: PLC0415 - see the imports
+
     if isinstance(exc, requests.RequestException):
         translated = _translate_exception(exc, "threads.create", None)
         return bool(getattr(translated, "outcome_unknown", False))
