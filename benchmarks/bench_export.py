@@ -105,6 +105,8 @@ def build(url: str | None, n: int, rebuild: bool) -> str:
         CACHE.mkdir(exist_ok=True)
         path = CACHE / f"messages-{n}.v2.db"
         if path.exists() and not rebuild:
+            with ThreadStore(f"sqlite:///{path}", remote=FakeRemote()):
+                pass  # a cache built by an older threadstore: migrated, as a user's store would be
             return f"sqlite:///{path}"
         part = path.with_suffix(".part")
         for p in (part, Path(f"{part}-wal"), Path(f"{part}-shm")):

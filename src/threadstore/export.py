@@ -459,6 +459,27 @@ def _sqlite_line(query: _Query, fmt: str, sub: Any) -> ColumnElement[Any]:
     return func.json_object(*args)
 
 
+def _any_encoded(conn: Connection, query: _Query) -> bool:
+    """True if any value the export selects is stored encoded (it must be decoded).
+
+    Answered from the kind's partial index of such rows (``ix_<table>_encoded``,
+    empty without a key). PostgreSQL is kept off a sequential scan for it: with no
+    statistics (a table never analyzed) its planner may expect a match within the
+    first rows of the table and read all of them, finding none.
+    """
+    if query.encoded is None:
+        return False
+    if conn.dialect.name != "postgresql":
+        return conn.execute(query.encoded).first() is not None
+    setting = sql_text("SELECT set_config('enable_seqscan', :value, true)")
+    was = conn.exec_driver_sql("SELECT current_setting('enable_seqscan')").scalar_one()
+    conn.execute(setting, {"value": "off"})
+    try:
+        return conn.execute(query.encoded).first() is not None
+    finally:
+        conn.execute(setting, {"value": was})
+
+
 def _sqlite_lines(
     engine: Engine, conn: Connection, query: _Query, fmt: str, size: int, redact: bool
 ) -> Lines | None:
@@ -480,7 +501,7 @@ def _sqlite_lines(
         if not chunks.start():
             return None
         return chunks.lines()
-    if query.encoded is not None and conn.execute(query.encoded).first() is not None:
+    if _any_encoded(conn, query):
         return None
     sub = query.statement.subquery("x")
     result = conn.execute(select(_sqlite_line(query, fmt, sub)).select_from(sub))
@@ -635,7 +656,7 @@ class _SqliteChunks:
         try:
             self.lo, self.hi = self._split() or self.conn.exec_driver_sql(self.bounds).one()
             query = self.query
-            if query.encoded is not None and self.conn.execute(query.encoded).first() is not None:
+            if _any_encoded(self.conn, query):
                 self.close()
                 return False
         except BaseException:
@@ -773,14 +794,15 @@ def _pg_copy(
     if conn.dialect.name != "postgresql" or fmt != "csv" or redact:
         return None
     dbapi: Any = conn.connection.dbapi_connection
-    if not hasattr(dbapi, "cursor") or not hasattr(dbapi.cursor(), "copy"):
+    if not hasattr(dbapi, "pgconn"):
         return None  # a driver other than psycopg 3
     spec = list(zip(query.names, query.kinds, strict=True))
     quoted = ", ".join(f'"{n}"' for n, k in spec if k not in (INT, LEN, BOOL))
     options = f"TO STDOUT WITH (FORMAT csv, FORCE_QUOTE ({quoted}))"
+    # In the export's snapshot (REPEATABLE READ): its answer holds for every row.
+    if _any_encoded(conn, query):
+        return None
     if chunks is not None:
-        if query.encoded is not None and conn.execute(query.encoded).first() is not None:
-            return None
         sub = _in_chunk(query, *chunks[0]).subquery("x")
         compiled = select(*_pg_cells(query, sub)).select_from(sub).compile(dialect=conn.dialect)
         copy = _PgCopyChunks(engine, conn, f"COPY ({compiled.string}) {options}",
@@ -788,9 +810,6 @@ def _pg_copy(
         return copy.lines()
     sub = query.statement.subquery("x")
     statement = select(*_pg_cells(query, sub)).select_from(sub)
-    if query.encoded is not None:
-        # In the same statement, so in the same snapshot.
-        statement = statement.where(~query.encoded.exists())
     compiled = statement.compile(dialect=conn.dialect)
     sql = f"COPY ({compiled.string}) {options}"
     error = engine.dialect.loaded_dbapi.Error
