@@ -42,6 +42,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from _emulator import compile_like_an_install
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
 
@@ -219,6 +220,7 @@ def main() -> None:
 
     n = args.n
     url = build(args.db, n, args.rebuild)
+    print(compile_like_an_install())
     backend = make_url(url).get_backend_name()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:

@@ -41,7 +41,7 @@ from typing import Any
 
 import dashscope
 import requests
-from _emulator import API_KEY, emulator_process
+from _emulator import API_KEY, compile_like_an_install, emulator_process
 from sqlalchemy import delete, insert
 
 from threadstore import DashScopeRemote, ThreadStore
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
     args = parser.parse_args()
     n, latency = args.n, args.latency_ms / 1000
+    compiled = compile_like_an_install()
 
     with emulator_process(delete_latency_ms=args.latency_ms) as url, \
             tempfile.TemporaryDirectory() as tmp:
@@ -178,6 +179,7 @@ def main() -> None:
     ]
     for name, seconds, note in rows:
         print(f"  {name:<40} {seconds:7.2f} s  {note}")
+    print(f"  {compiled}")
 
 if __name__ == "__main__":
     main()
