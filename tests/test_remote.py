@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -93,3 +95,40 @@ def test_bad_timeout_is_a_config_error() -> None:
     """A non-positive timeout is refused at construction."""
     with pytest.raises(ConfigError):
         DashScopeRemote(timeout=0)
+
+
+def test_deletes_take_the_proxy_from_the_environment(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's pooled deletes go through HTTP(S)_PROXY, unless NO_PROXY names the host."""
+    remote = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=2)
+    tid = remote.create_thread().id
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy that is not there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=2)
+    with pytest.raises(RemoteUnavailable):
+        proxied.delete_thread(tid)
+    assert emulator.thread_exists(tid)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=2)
+    direct.delete_thread(tid)
+    assert not emulator.thread_exists(tid)
+
+
+def test_a_netrc_login_does_not_replace_the_api_key(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sweep's deletes never send a ~/.netrc login for the host instead of the key.
+
+    (Calls made through the SDK itself — creates, retrieves — read ~/.netrc as the
+    plain SDK does; the facade sends exactly what the SDK sends.)
+    """
+    remote = DashScopeRemote(api_key=API_KEY, base_url=emulator.url, timeout=2)
+    tid = remote.create_thread().id
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    remote.delete_thread(tid)
+    assert not emulator.thread_exists(tid)
