@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -70,3 +72,9 @@ def thread_row(store: ThreadStore, thread_id: str) -> dict[str, object]:
 def deletion_log(store: ThreadStore) -> list[dict[str, object]]:
     with store.engine.connect() as conn:
         return [dict(r) for r in conn.execute(select(deletions)).mappings()]
+
+
+def run_python(code: str, *, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter (this one's): its output, as text."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=check)

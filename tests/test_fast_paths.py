@@ -8,8 +8,6 @@ driver path failing as cleanly as through SQLAlchemy.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, update
 
+from helpers import run_python
 from threadstore import StoreError, ThreadStore
 from threadstore import sweep as sweep_module
 from threadstore.models import threads, utcnow
@@ -116,8 +115,7 @@ def test_sweep_command_starts_without_what_only_other_commands_need() -> None:
         "    pass\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = run_python(code, check=True)
     loaded = set(done.stdout.split())
     assert "threadstore.sweep" in loaded
     for heavy in ("apscheduler", "threadstore.testing", "threadstore.demo", "alembic",

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
+from helpers import run_python
 from threadstore import DashScopeRemote, ThreadStore
 from threadstore.cli import cli
 from threadstore.metrics import METRIC_NAMES, serve
@@ -191,6 +192,5 @@ def test_stats_does_not_load_prometheus_client_or_tqdm(sqlite_url: str) -> None:
         " 'tqdm' in sys.modules))\n"
         "main()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = run_python(code)
     assert "LOADED False False" in done.stdout, done.stdout + done.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from helpers import now
+from helpers import now, run_python
 from threadstore import ThreadStore
 from threadstore.testing import Emulator, FakeRemote
 from threadstore.testing.clock import backdate
@@ -153,8 +153,7 @@ def test_importing_threadstore_leaves_the_garbage_collector_as_it_was(before: bo
         "import threadstore, threadstore.cli\n"
         "print(gc.isenabled())\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = run_python(code, check=True)
     assert done.stdout.strip() == str(before)
 
 
@@ -171,8 +170,7 @@ def test_garbage_made_before_the_import_is_still_collected() -> None:
         "gc.collect()\n"
         "print(gone() is None, gc.get_freeze_count())\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = run_python(code)
     assert done.stdout.split() == ["True", "0"], done.stderr
 
 
@@ -185,8 +183,7 @@ def test_objects_an_application_froze_stay_frozen() -> None:
         "import threadstore\n"
         "print(gc.get_freeze_count() > 0, any(o is kept for o in gc.get_objects()))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = run_python(code)
     assert done.stdout.split() == ["True", "False"], done.stderr
 
 
@@ -200,8 +197,7 @@ def test_public_names_loaded_on_demand_import_from_a_fresh_process() -> None:
         "assert set(threadstore.__all__) <= set(dir(threadstore))\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = run_python(code)
     assert done.stdout.strip() == "ok", done.stderr
 
 
