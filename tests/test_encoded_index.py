@@ -12,6 +12,7 @@ databases read. Speed itself is in ``benchmarks/bench_export.py``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from datetime import timedelta
@@ -19,10 +20,11 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from helpers import set_row
-from threadstore import ConfigError, ThreadStore, db
+from threadstore import ConfigError, StoreError, ThreadStore, db
 from threadstore import codec as codec_module
 from threadstore import export as export_module
 from threadstore.models import ENCODED_PREFIXES, KINDS, PARTIAL_INDEX_DIALECTS, messages, utcnow
@@ -163,3 +165,34 @@ def test_an_update_that_encodes_a_row_puts_it_in_the_index(sqlite_url: str) -> N
         (row,) = _jsonl(store, "messages")
         assert row["content"] == "plain:looks encoded"
         assert declared_kind("messages").encrypted == ("content", "metadata")
+
+
+def test_a_database_failure_during_the_check_is_reported_as_itself(db_url: str) -> None:
+    """The check failing (its transaction aborted, on PostgreSQL) is one StoreError naming it.
+
+    Asked before a fast path only: SQLite's JSONL, PostgreSQL's CSV (``COPY``).
+    MySQL/MariaDB have no fast path, never ask, and export as usual.
+    """
+    with ThreadStore(db_url, remote=FakeRemote()) as store:
+        thread = store.create_thread(user_id="u1")
+        store.add_message(thread.thread_id, "hello")
+        dialect = store.engine.dialect.name
+        fmt = "csv" if dialect == "postgresql" else "jsonl"
+
+        def fail_the_check(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "LIKE" in statement and "fernet:" in statement.replace("%%", "%"):
+                if dialect == "postgresql":  # abort the transaction, as a server failure would
+                    with contextlib.suppress(Exception):
+                        cursor.execute("SELECT 1/0")
+                raise OperationalError(statement, {}, Exception("disk gone (injected)"))
+
+        event.listen(store.engine, "before_cursor_execute", fail_the_check)
+        try:
+            if dialect in PARTIAL_INDEX_DIALECTS:
+                with pytest.raises(StoreError, match="disk gone"):
+                    store.export(io.StringIO(), table="messages", fmt=fmt)
+            else:
+                assert store.export(io.StringIO(), table="messages", fmt=fmt) == 1
+        finally:
+            event.remove(store.engine, "before_cursor_execute", fail_the_check)
+        assert store.export(io.StringIO(), table="messages", fmt=fmt) == 1

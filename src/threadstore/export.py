@@ -474,10 +474,11 @@ def _any_encoded(conn: Connection, query: _Query) -> bool:
     setting = sql_text("SELECT set_config('enable_seqscan', :value, true)")
     was = conn.exec_driver_sql("SELECT current_setting('enable_seqscan')").scalar_one()
     conn.execute(setting, {"value": "off"})
-    try:
-        return conn.execute(query.encoded).first() is not None
-    finally:
-        conn.execute(setting, {"value": was})
+    found = conn.execute(query.encoded).first() is not None
+    # Restored only after a success: a failed query has aborted the transaction
+    # (the setting ends with it), and a restore would hide the real error.
+    conn.execute(setting, {"value": was})
+    return found
 
 
 def _sqlite_lines(
